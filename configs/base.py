@@ -36,7 +36,7 @@ def get_config():
   c = ml_collections.ConfigDict()
 
   c.model = ml_collections.ConfigDict(dict(
-      kind='decoder', vocab_size=264, num_layers=4, d_model=128, num_heads=4, mlp_dim=512,
+      kind='decoder', vocab_size=264, num_layers=4, d_model=128, num_heads=4, mlp_dim=384,
       max_len=256, rope_base=10000.0, dtype='float32', param_dtype='float32', remat='none',
       init_scale=0.02))
 
