@@ -64,12 +64,12 @@ def get_config():
   c.checkpoint = ml_collections.ConfigDict(dict(every=500, max_to_keep=2, async_save=True))
 
   c.train = ml_collections.ConfigDict(dict(
-      steps=1000, batch_size=32, log_every=50, seed=0,
+      steps=1100, batch_size=32, log_every=50, seed=0,
       max_nonfinite=5,  # stop after this many non-finite steps in a row (checked at log steps)
       peak_flops=0.0,  # per device; 0 = published peak on known accelerators, measured on CPU
       progress=True))
 
-  c.eval = ml_collections.ConfigDict(dict(every=500, batches=16, batch_size=32))
+  c.eval = ml_collections.ConfigDict(dict(every=250, batches=8, batch_size=32))
   return c
 
 
