@@ -24,9 +24,9 @@ def make_model(config, key: jax.Array) -> nnx.Module:
 
 def learning_rate(config) -> optax.Schedule:
   o = config.optim
-  decay_steps = o.decay_steps or config.train.steps
-  return optax.warmup_cosine_decay_schedule(0.0, o.lr, min(o.warmup_steps, decay_steps),
-                                            max(decay_steps, 1), o.lr * o.min_lr_ratio)
+  decay_steps = max(o.decay_steps or config.train.steps, 1)
+  warmup = min(o.warmup_steps, decay_steps - 1)  # optax needs at least one cosine step
+  return optax.warmup_cosine_decay_schedule(0.0, o.lr, warmup, decay_steps, o.lr * o.min_lr_ratio)
 
 
 def make_tx(config) -> optax.GradientTransformation:
