@@ -144,8 +144,5 @@ def build(num_examples: int, seq_len: int = 128, clean_fraction: float = 0.25,
                                       for s, c in zip(SOURCES, heldout_per_source)]))
   heldout_source = np.repeat(np.arange(len(SOURCES)), heldout_per_source).astype(np.int32)
   reference = text.encode(''.join(texts['reference'][s] for s in SOURCES))
-  if cache_dir is None:
-    score = scores_lib.ngram_score(scores_lib.fit_ngram(reference, ngram_order), tokens)
-  else:
-    score = scores_lib.ngram_scores(reference, tokens, cache_dir, ngram_order)
+  score = scores_lib.ngram_scores(reference, tokens, cache_dir, ngram_order)
   return MixedCorpus(tokens, source, level, kind, score, heldout, heldout_source, reference)

@@ -11,7 +11,7 @@ Scores are cached as `.npy` files beside the dataset, keyed by a hash of every i
 
 import hashlib
 import os
-from typing import Callable, NamedTuple
+from typing import Callable, NamedTuple, Optional
 
 import numpy as np
 
@@ -141,9 +141,12 @@ def fingerprint(*arrays: np.ndarray, **params) -> str:
   return h.hexdigest()[:16]
 
 
-def cached(cache_dir: str, name: str, compute: Callable[[], np.ndarray], *arrays: np.ndarray,
-           **params) -> np.ndarray:
-  """`compute()`, stored as `<cache_dir>/<name>-<hash of arrays and params>.npy` on first use."""
+def cached(cache_dir: Optional[str], name: str, compute: Callable[[], np.ndarray],
+           *arrays: np.ndarray, **params) -> np.ndarray:
+  """`compute()`, stored as `<cache_dir>/<name>-<hash of arrays and params>.npy` on first use
+  (computed every time when `cache_dir` is None)."""
+  if cache_dir is None:
+    return np.asarray(compute())
   path = os.path.join(cache_dir, f'{name}-{fingerprint(*arrays, **params)}.npy')
   if os.path.exists(path):
     return np.load(path)
@@ -155,8 +158,27 @@ def cached(cache_dir: str, name: str, compute: Callable[[], np.ndarray], *arrays
   return values
 
 
-def ngram_scores(reference_tokens, tokens, cache_dir: str, order: int = 5) -> np.ndarray:
+def ngram_scores(reference_tokens, tokens, cache_dir: Optional[str],
+                 order: int = 5) -> np.ndarray:
   """`ngram_score` of `tokens` under a model fitted on `reference_tokens`, cached in `cache_dir`."""
   return cached(cache_dir, f'ngram{order}',
                 lambda: ngram_score(fit_ngram(reference_tokens, order), tokens),
                 np.asarray(reference_tokens), np.asarray(tokens), order=order)
+
+
+SCORE_KINDS = ('none', 'length', 'ngram')
+
+
+def pool_scores(kind: str, tokens, reference_tokens=None, cache_dir: Optional[str] = None,
+                order: int = 5) -> np.ndarray:
+  """The `data.score` of each row of a pool: zeros, its length, or its n-gram score under a model
+  fitted on `reference_tokens`."""
+  if kind == 'none':
+    return np.zeros(len(tokens))
+  if kind == 'length':
+    return length_score(tokens)
+  if kind == 'ngram':
+    if reference_tokens is None:
+      raise ValueError('data.score=ngram needs reference_tokens to fit the n-gram model on')
+    return ngram_scores(reference_tokens, tokens, cache_dir, order)
+  raise ValueError(f'data.score={kind!r} is unknown; choose one of {list(SCORE_KINDS)}')
