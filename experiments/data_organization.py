@@ -46,8 +46,8 @@ from training import step as step_lib
 RESULTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'results',
                        'data_organization')
 
-FULL = dict(num_examples=9600, seq_len=64, batch_size=32, num_layers=2, d_model=64, num_heads=4,
-            mlp_dim=256, lr=3e-3, warmup_steps=30, eval_every=20, eval_examples=128,
+FULL = dict(num_examples=6400, seq_len=64, batch_size=32, num_layers=2, d_model=64, num_heads=4,
+            mlp_dim=256, lr=3e-3, warmup_steps=20, eval_every=20, eval_examples=128,
             jitter_fraction=0.05, perturb_scale=0.05, perturb_draws=3, seeds=(0, 1, 2))
 QUICK = dict(FULL, num_examples=640, seq_len=32, eval_every=5, eval_examples=32, warmup_steps=3,
              seeds=(0,))
@@ -110,7 +110,7 @@ class Runner:
     return nll.sum() / mask.sum()
 
   def run(self, tokens: np.ndarray, seed: int, heldout, bottom, p: dict) -> dict:
-    c = self.config
+    start, c = time.perf_counter(), self.config
     _, state = nnx.split(state_lib.build(c, jax.random.key(seed)))
     cstate = self.curriculum.init(jax.random.key(seed))
     pool = jax.device_put(pool_lib.from_tokens(tokens))
@@ -131,7 +131,23 @@ class Runner:
                          for k in keys])
     return dict(curve, grad_norm=np.asarray(jax.device_get(grad_norm)).tolist(),
                 train_loss=np.asarray(jax.device_get(train_loss)).tolist(),
-                final=curve['heldout'][-1], perturbed=float(perturbed))
+                final=curve['heldout'][-1], perturbed=float(perturbed),
+                seconds=time.perf_counter() - start)
+
+
+def cached_run(path: str, p: dict, train) -> dict:
+  """The run stored at `path` if it was made with the same settings, else `train()`, stored there.
+  An interrupted experiment resumes where it stopped."""
+  settings = json.loads(json.dumps(p))
+  if os.path.exists(path):
+    with open(path, encoding='utf-8') as f:
+      stored = json.load(f)
+    if stored['config'] == settings:
+      return stored['run']
+  run = train()
+  with open(path, 'w', encoding='utf-8') as f:
+    json.dump({'config': settings, 'run': run}, f)
+  return run
 
 
 def tokens_to_reach(tokens, losses, target: float):
@@ -211,7 +227,8 @@ def summarize(runs: dict, p: dict, corpus, orders: dict, seconds: float) -> dict
       'config': {k: list(v) if isinstance(v, tuple) else v for k, v in p.items()},
       'orders': sorted(orders),
       'total_tokens': total_tokens,
-      'seconds': round(seconds, 1),
+      'seconds_this_invocation': round(seconds, 1),
+      'train_seconds_all_runs': round(sum(r[s]['seconds'] for r in runs.values() for s in seeds), 1),
       'device': jax.devices()[0].device_kind,
       'trainer': 'training.state.build + training.step.make_pool_step (ordered curriculum), '
                  'one pass, no shuffling',
@@ -297,16 +314,18 @@ def main(argv=None):
   runner = Runner(train_config(p))
   orders = arm_orders(int(p['jitter_fraction'] * p['num_examples']))
   runs, perms = {name: {} for name in orders}, {}
+  run_dir = os.path.join(args.out, 'runs')
+  os.makedirs(run_dir, exist_ok=True)
   for seed in p['seeds']:
     for name, order in orders.items():
       perm = order(corpus.score, seed)
       perms.setdefault(name, perm)
       t = time.perf_counter()
-      runs[name][seed] = runner.run(corpus.tokens[perm], seed, heldout, bottom, p)
+      runs[name][seed] = cached_run(os.path.join(run_dir, f'{name}-seed{seed}.json'), p,
+                                    lambda: runner.run(corpus.tokens[perm], seed, heldout, bottom, p))
       print(f"seed {seed} {name:12s} final {runs[name][seed]['final']:.4f} "
             f'({time.perf_counter() - t:.0f} s)', flush=True)
   summary = summarize(runs, p, corpus, orders, time.perf_counter() - start)
-  os.makedirs(args.out, exist_ok=True)
   with open(os.path.join(args.out, 'summary.json'), 'w', encoding='utf-8') as f:
     json.dump(summary, f, indent=2)
   plot(runs, perms, corpus, summary, args.out)
