@@ -53,3 +53,19 @@ def test_pool_load_attaches_ngram_scores():
   pool = pool_lib.load(c.data, 'train')
   assert pool.score.shape == (pool.size,) and np.std(pool.score) > 0.1
   assert np.all(np.asarray(pool_lib.load(c.data, 'validation').score) == 0)
+
+
+@pytest.mark.parametrize('arg', [None, 'stair', 'sort', 'random', 'saw_jit', 'fold_jit'])
+def test_data_organization_presets(arg):
+  from configs import base, data_organization
+  c = data_organization.get_config(arg)
+  base.validate(c, 1)
+  perm = ordering.permutation_from_config(c.curriculum, np.arange(100.0), c.curriculum.seed)
+  assert sorted(perm) == list(range(100))
+  assert c.train.steps * c.train.batch_size <= data_organization.POOL_WINDOWS
+
+
+def test_data_organization_preset_rejects_unknown_order():
+  from configs import data_organization
+  with pytest.raises(ValueError, match='unknown order'):
+    data_organization.get_config('sawtooth')
