@@ -66,8 +66,7 @@ def test_noise_lowers_the_score_and_pad_is_ignored():
   noisy = clean.copy()
   noisy[::3] = text.encode('#')[0]
   padded = np.append(clean, [text.PAD] * 5)
-  got = scores.ngram_score(lm, np.stack([np.append(clean, [text.PAD] * 5),
-                                         np.append(noisy, [text.PAD] * 5)]))
+  got = scores.ngram_score(lm, np.stack([padded, np.append(noisy, [text.PAD] * 5)]))
   assert got[0] > got[1]
   assert math.isclose(got[0], scores.ngram_score(lm, clean[None])[0])
   np.testing.assert_array_equal(scores.token_logprobs(lm, padded[None])[0, -5:], 0.0)
