@@ -36,7 +36,7 @@ def get_config():
   c = ml_collections.ConfigDict()
 
   c.model = ml_collections.ConfigDict(dict(
-      kind='decoder', vocab_size=264, num_layers=4, d_model=128, num_heads=4, mlp_dim=512,
+      kind='decoder', vocab_size=264, num_layers=4, d_model=128, num_heads=4, mlp_dim=384,
       max_len=256, rope_base=10000.0, dtype='float32', param_dtype='float32', remat='none',
       init_scale=0.02))
 
@@ -67,12 +67,12 @@ def get_config():
   c.checkpoint = ml_collections.ConfigDict(dict(every=500, max_to_keep=2, async_save=True))
 
   c.train = ml_collections.ConfigDict(dict(
-      steps=1000, batch_size=32, log_every=50, seed=0,
+      steps=1100, batch_size=32, log_every=50, seed=0,
       max_nonfinite=5,  # stop after this many non-finite steps in a row (checked at log steps)
       peak_flops=0.0,  # per device; 0 = published peak on known accelerators, measured on CPU
       progress=True))
 
-  c.eval = ml_collections.ConfigDict(dict(every=500, batches=16, batch_size=32))
+  c.eval = ml_collections.ConfigDict(dict(every=250, batches=8, batch_size=32))
   return c
 
 
