@@ -45,6 +45,7 @@ def get_config():
       seq_len=128,
       mode='pool',  # pool: device-resident, gathered in the step; stream: grain over ArrayRecord
       data_dir='',  # '' = $PACELINE_DATA_DIR or ~/.cache/paceline/tfds
+      score='none',  # pool.score of the train split: none | length | ngram (data/scores.py)
   ))
 
   c.curriculum = ml_collections.ConfigDict(dict(
@@ -52,6 +53,8 @@ def get_config():
       seed=0,
       steps_per_source=100,  # phased
       source_order=(),  # phased; empty = sources in corpus order
+      order='',  # ordered: a name in curriculum.ordering.ORDERS ('' = corpus order)
+      order_args=ml_collections.ConfigDict(),  # ordered: keyword arguments of that order
   ))
 
   c.optim = ml_collections.ConfigDict(dict(
