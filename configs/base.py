@@ -98,6 +98,9 @@ def validate(c, num_devices: int) -> dict:
   for corpus in c.data.corpus.split(','):
     if corpus not in CORPORA:
       raise ValueError(f'data.corpus: unknown corpus {corpus!r}; choose from {list(CORPORA)}')
+  if c.data.mode == 'stream' and c.data.score != 'none':
+    raise ValueError(f"data.score={c.data.score!r} needs data.mode='pool': scores are computed "
+                     'over the whole pool in memory')
   if c.optim.lr <= 0:
     raise ValueError(f'optim.lr must be > 0, got {c.optim.lr}')
   if c.data.seq_len > c.model.max_len:
