@@ -128,25 +128,28 @@ def _check_sources(source_batches: Sequence[Any], target_batch) -> list[str]:
   return names
 
 
-def _grads_and_target_hvps(loss_fn, params, source_batches, target_batch):
-  names = _check_sources(source_batches, target_batch)
-  oracle = _oracle(loss_fn)
-  g_e = oracle.checked_grad(params, target_batch, 'target_batch')
-  grads = [oracle.checked_grad(params, b, n) for b, n in zip(source_batches, names)]
-  target_hvps = [oracle.hvp(params, g_e, b) for b in source_batches]
-  return grads, target_hvps
-
-
-def tournament(loss_fn: LossFn, params: Params, source_batches: Sequence[Any],
-               target_batch) -> tuple[np.ndarray, np.ndarray]:
+def tournament(loss_fn: LossFn, params: Params, source_batches: Sequence[Any], target_batch, *,
+               reference: str = 'theta0', lr: float = 0.0,
+               steps: int = 1) -> tuple[np.ndarray, np.ndarray]:
   """Orders N sources by score_A = ⟨u_A, G⟩ − ⟨U, g_A⟩ (high first), with u_X = H_X g_E.
 
   G = Σ g_X and U = Σ u_X; score_A = −Σ_B σ_AB, the Borda score of the pairwise brackets, from N
   gradients, N HVPs (all with vector g_E) and 2N tree dot products: the N×N matrix is never built.
+  `reference='trotter'` takes g_E at θ0 − lr·steps·G, the first-order endpoint that every order of
+  the N phases shares (one more gradient; the pairwise analogue uses each pair's own drift).
   Returns `(order, scores)`: source indices best-first and the float64 [N] scores.
   """
-  grads, target_hvps = _grads_and_target_hvps(loss_fn, params, source_batches, target_batch)
+  if reference not in ('theta0', 'trotter'):
+    raise ValueError(f"reference={reference!r}; the tournament takes 'theta0' or 'trotter'")
+  if reference == 'trotter' and lr <= 0:
+    raise ValueError(f'reference={reference!r} needs the learning rate: lr > 0, got {lr}')
+  names = _check_sources(source_batches, target_batch)
+  oracle = _oracle(loss_fn)
+  grads = [oracle.checked_grad(params, b, n) for b, n in zip(source_batches, names)]
   total_g = jax.tree.map(lambda *xs: sum(xs), *grads)
+  target_at = params if reference == 'theta0' else _axpy(-lr * steps, total_g, params)
+  g_e = oracle.checked_grad(target_at, target_batch, 'target_batch')
+  target_hvps = [oracle.hvp(params, g_e, b) for b in source_batches]
   total_u = jax.tree.map(lambda *xs: sum(xs), *target_hvps)
   vdot = optax.tree_utils.tree_vdot
   scores = np.array([float(vdot(u, total_g)) - float(vdot(total_u, g))
@@ -202,7 +205,9 @@ def adam_moments(opt_state) -> optax.ScaleByAdamState:
 
 def _adam_phase(hyper: AdamHyper, state, grad: Params, offset: Params, steps: int):
   """`steps` Adam steps on the frozen gradient `grad + offset`: (displacement, final state)."""
-  scale = optax.scale_by_adam(hyper.b1, hyper.b2, hyper.eps)
+  # eps_root keeps the jvp finite where v = 0 (parameters no example touches, e.g. unused
+  # embedding rows): d√v/dv is infinite there and 0 · inf is NaN. 1e-30 does not change the map.
+  scale = optax.scale_by_adam(hyper.b1, hyper.b2, hyper.eps, eps_root=1e-30)
 
   def step(carry, _):
     disp, st = carry

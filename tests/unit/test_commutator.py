@@ -202,3 +202,12 @@ def test_bracket_rejects_unknown_reference_and_missing_lr():
     commutator.bracket(mlp_loss, params, a, b, e, reference='theta1')
   with pytest.raises(ValueError, match='lr > 0'):
     commutator.bracket(mlp_loss, params, a, b, e, reference='trotter')
+
+
+def test_trotter_tournament_of_two_sources_is_the_trotter_bracket():
+  params = mlp_params(jax.random.key(0))
+  a, b, target = mlp_batches(jax.random.key(1), 3)
+  _, scores = commutator.tournament(mlp_loss, params, [a, b], target, reference='trotter', lr=0.1,
+                                    steps=3)
+  sigma = commutator.bracket(mlp_loss, params, a, b, target, reference='trotter', lr=0.1, steps=3)
+  np.testing.assert_allclose(scores, [-sigma, sigma], rtol=1e-9)
