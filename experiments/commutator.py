@@ -50,9 +50,9 @@ DIGITS, LENGTH = 10, 6
 VOCAB = DIGITS + len(TASKS)
 
 FULL = dict(seeds=5, ks=(1, 2, 5, 10, 20, 50), source_batch=128, target_per_task=64, hidden=64,
-            warmup_steps=150, warmup_lr=3e-3, sgd_lr=0.02, adam_lr=1e-3, k2=10, random_orders=120,
+            warmup_steps=150, warmup_lr=3e-3, sgd_lr=0.02, adam_lr=1e-3, k2s=(1, 5, 20), random_orders=120,
             eta_sweep=(0.003, 0.01, 0.03, 0.1))
-QUICK = dict(FULL, seeds=1, ks=(1, 5), source_batch=64, target_per_task=32, warmup_steps=60, k2=3,
+QUICK = dict(FULL, seeds=1, ks=(1, 5), source_batch=64, target_per_task=32, warmup_steps=60, k2s=(1, 5),
              eta_sweep=(0.01, 0.1))
 
 
@@ -213,7 +213,7 @@ def percentile(value: float, population: np.ndarray) -> float:
   return float(100.0 * np.sum(population > value) / (len(population) - 1))
 
 
-def replanned_order(setup: Setup, cfg: dict) -> list[int]:
+def replanned_order(setup: Setup, k2: int) -> list[int]:
   """Tournament over the remaining sources at each phase boundary, from the current parameters."""
   params, remaining, order = setup.params, list(range(len(TASKS))), []
   while remaining:
@@ -224,13 +224,14 @@ def replanned_order(setup: Setup, cfg: dict) -> list[int]:
                                       setup.target)
     order.append(remaining.pop(int(ranked[0])))
     params = train_phases(setup.sgd, params, setup.sgd_state, setup.stacked,
-                          jnp.array(order[-1:]), cfg['k2'])
+                          jnp.array(order[-1:]), k2)
   return order
 
 
-def exp2(setup: Setup, cfg: dict, seed: int) -> dict:
+def exp2(setup: Setup, cfg: dict, seed: int, k2: int) -> dict:
+  """All 120 orders with k2 SGD steps per phase, and where each planner's pick lands."""
   orders = np.array(list(itertools.permutations(range(len(TASKS)))))
-  run_all = final_losses(setup.sgd, cfg['k2'])
+  run_all = final_losses(setup.sgd, k2)
   start = time.perf_counter()
   all_losses = np.asarray(run_all(setup.params, setup.sgd_state, setup.stacked, setup.target,
                                   jnp.asarray(orders)))
@@ -244,13 +245,12 @@ def exp2(setup: Setup, cfg: dict, seed: int) -> dict:
   sigma = commutator.pairwise_matrix(loss_fn, setup.params, setup.sources, setup.target)
   grad_norms = [float(optax.global_norm(jax.grad(loss_fn)(setup.params, b)))
                 for b in setup.sources]
-  eta, k2 = cfg['sgd_lr'], cfg['k2']
   trotter_order, _ = commutator.tournament(loss_fn, setup.params, setup.sources, setup.target,
-                                           reference='trotter', lr=eta, steps=k2)
+                                           reference='trotter', lr=cfg['sgd_lr'], steps=k2)
   picks = {'tournament': tour_order.tolist(),
            'tournament_trotter': trotter_order.tolist(),
            'kemeny_pairwise': commutator.kemeny_order(sigma).tolist(),
-           'tournament_replanned': replanned_order(setup, cfg),
+           'tournament_replanned': replanned_order(setup, k2),
            'grad_norm_descending': np.argsort(grad_norms)[::-1].tolist(),
            'oracle': orders[np.argmin(all_losses)].tolist()}
   rng = np.random.default_rng(seed + 1000)
@@ -263,7 +263,7 @@ def exp2(setup: Setup, cfg: dict, seed: int) -> dict:
                                                   for i in random_idx])),
          'planner_seconds': planner_s, 'all_orders_seconds': brute_force_s,
          'planner_gradient_evals': 1 + 2 * len(TASKS),  # g_E, N grads, N HVPs (each ~2.5 grads)
-         'all_orders_gradient_evals': len(orders) * len(TASKS) * cfg['k2']}
+         'all_orders_gradient_evals': len(orders) * len(TASKS) * k2}
   return out
 
 
@@ -299,13 +299,13 @@ def plot_accuracy(acc_mean, ks, path):
   plt.close(fig)
 
 
-def plot_histogram(exp2_res, path):
+def plot_histogram(exp2_res, k2, path):
   fig, axes = plt.subplots(1, len(exp2_res), figsize=(4 * len(exp2_res), 3.2), squeeze=False)
   for ax, res in zip(axes[0], exp2_res):
     ax.hist(res['orders_final_loss'], bins=30, color='lightgray')
     for (name, pick), color in zip(res['picks'].items(), ('C0', 'C1', 'C2', 'C3', 'C4', 'k')):
       ax.axvline(pick['final_loss'], color=color, label=f'{name} ({pick["percentile"]:.0f}%)')
-    ax.set_xlabel('final L_E over the 120 orders')
+    ax.set_xlabel(f'final L_E over the 120 orders (k={k2} per phase)')
     ax.legend(fontsize=6)
   fig.tight_layout()
   fig.savefig(path, dpi=110)
@@ -327,7 +327,7 @@ def main():
     theta0_loss.append(setup.target_loss(setup.params))
     e1.append(exp1(setup, cfg))
     sweeps.append(eta_sweep(setup, cfg))
-    e2.append(exp2(setup, cfg, seed))
+    e2.append({k2: exp2(setup, cfg, seed, k2) for k2 in cfg['k2s']})
     print(f'seed {seed} done after {time.perf_counter() - start:.0f}s', flush=True)
 
   per_seed = [exp1_accuracies(r, ks) for r in e1]
@@ -338,13 +338,15 @@ def main():
   slope_k1 = _slope(np.concatenate([r['pred'][1]['theta0'] for r in e1]),
                     np.concatenate([r['measured_sgd'][1] for r in e1]))
   k5 = 5 if 5 in ks else ks[-1]
-  pick_names = list(e2[0]['picks'])
-  pcts = {n: [r['picks'][n]['percentile'] for r in e2] for n in pick_names}
+  k2_main = 5 if 5 in cfg['k2s'] else cfg['k2s'][-1]
+  pick_names = list(e2[0][k2_main]['picks'])
+  tour = {k2: {n: [r[k2]['picks'][n]['percentile'] for r in e2] for n in pick_names}
+          for k2 in cfg['k2s']}
   summary = {
       'headline': {'metric': 'pairwise sign accuracy at k=1 (SGD, bracket at θ0, 10 pairs/seed)',
                    'value': float(np.mean(k1)), 'target': 0.95, 'seeds': cfg['seeds'],
                    'std': float(np.std(k1))},
-      'tournament_percentile': float(np.mean(pcts['tournament'])),
+      'tournament_percentile': float(np.mean(tour[k2_main]['tournament'])),
       'adam_aware_accuracy_k5': acc_mean[k5]['adam_aware'],
       'plain_accuracy_adam_k5': acc_mean[k5]['adam_plain'],
       'arms': {
@@ -354,14 +356,19 @@ def main():
           'k1_accuracy_vs_sgd_lr': {str(eta): {ref: float(np.mean([sw[eta][ref] for sw in sweeps]))
                                                for ref in ('theta0', 'trotter')}
                                     for eta in cfg['eta_sweep']},
-          'tournament_percentiles': {n: {'mean': float(np.mean(v)), 'per_seed': v}
-                                     for n, v in pcts.items()},
-          'random_order_mean_percentile': float(np.mean([r['random_mean_percentile'] for r in e2])),
-          'planner_seconds': float(np.mean([r['planner_seconds'] for r in e2])),
-          'all_120_orders_seconds': float(np.mean([r['all_orders_seconds'] for r in e2])),
-          'planner_gradient_evals': e2[0]['planner_gradient_evals'],
-          'all_120_orders_gradient_evals': e2[0]['all_orders_gradient_evals'],
-          'picks_per_seed': [r['picks'] for r in e2],
+          'tournament_k2_main': k2_main,
+          'tournament_percentiles_by_k2': {
+              str(k2): {n: {'mean': float(np.mean(v)), 'std': float(np.std(v)), 'per_seed': v}
+                        for n, v in tour[k2].items()} for k2 in cfg['k2s']},
+          'random_order_mean_percentile': float(np.mean([r[k2_main]['random_mean_percentile']
+                                                         for r in e2])),
+          'planner_seconds': float(np.mean([r[k2_main]['planner_seconds'] for r in e2])),
+          'all_120_orders_seconds': {str(k2): float(np.mean([r[k2]['all_orders_seconds']
+                                                             for r in e2])) for k2 in cfg['k2s']},
+          'planner_gradient_evals': e2[0][k2_main]['planner_gradient_evals'],
+          'all_120_orders_gradient_evals': {str(k2): e2[0][k2]['all_orders_gradient_evals']
+                                            for k2 in cfg['k2s']},
+          'picks_per_seed': [{str(k2): r[k2]['picks'] for k2 in cfg['k2s']} for r in e2],
           'theta0_target_loss': theta0_loss,
       },
       'config': dict(cfg, ks=ks, tasks=TASKS, model='MLP (7x15 one-hot) -> H tanh -> H tanh -> 6x10',
@@ -374,7 +381,8 @@ def main():
     json.dump(summary, f, indent=2)
   plot_scatter(e1, ks, os.path.join(args.out, 'scatter_predicted_vs_measured.png'))
   plot_accuracy(acc_mean, ks, os.path.join(args.out, 'accuracy_vs_k.png'))
-  plot_histogram(e2, os.path.join(args.out, 'orders_histogram.png'))
+  for k2 in cfg['k2s']:
+    plot_histogram([r[k2] for r in e2], k2, os.path.join(args.out, f'orders_histogram_k{k2}.png'))
   print(json.dumps({k: summary[k] for k in ('headline', 'tournament_percentile',
                                             'adam_aware_accuracy_k5', 'plain_accuracy_adam_k5')}))
 
