@@ -7,7 +7,7 @@ not exist is an error, never a silent new key.
 
 import ml_collections
 
-CURRICULUM_KINDS = ('uniform', 'ordered', 'phased')
+CURRICULUM_KINDS = ('uniform', 'ordered', 'phased', 'tournament')
 MODEL_KINDS = ('decoder',)
 DATA_MODES = ('pool', 'stream')
 CORPORA = ('shakespeare', 'kjv')
@@ -52,6 +52,8 @@ def get_config():
       seed=0,
       steps_per_source=100,  # phased
       source_order=(),  # phased; empty = sources in corpus order
+      replan_every=0,  # tournament: re-plan every P steps (a multiple of steps_per_source); 0 = once
+      plan_batch_size=16,  # tournament: examples per source (and per source in the target batch)
   ))
 
   c.optim = ml_collections.ConfigDict(dict(
