@@ -305,6 +305,7 @@ def plot_histogram(exp2_res, k2, path):
     ax.hist(res['orders_final_loss'], bins=30, color='lightgray')
     for (name, pick), color in zip(res['picks'].items(), ('C0', 'C1', 'C2', 'C3', 'C4', 'k')):
       ax.axvline(pick['final_loss'], color=color, label=f'{name} ({pick["percentile"]:.0f}%)')
+    ax.ticklabel_format(axis='x', useOffset=False)
     ax.set_xlabel(f'final L_E over the 120 orders (k={k2} per phase)')
     ax.legend(fontsize=6)
   fig.tight_layout()
