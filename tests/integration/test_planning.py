@@ -75,3 +75,19 @@ def test_replanned_order_reranks_only_the_remaining_sources():
 def test_bad_tournament_settings_name_the_key(key, value, match):
   with pytest.raises(ValueError, match=match):
     planning.validate(tiny_config(**{key: value}), make_mesh({'data': 4, 'tensor': 2}))
+
+
+@pytest.mark.slow
+def test_main_trains_a_replanned_tournament_over_two_corpora(tmp_path):
+  import json
+  import os
+  import subprocess
+  import sys
+  repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  subprocess.run([sys.executable, 'main.py', '--config', 'configs/default.py:tiny',
+                  '--workdir', str(tmp_path), '--config.data.corpus=shakespeare,kjv',
+                  '--config.curriculum.kind=tournament', '--config.curriculum.steps_per_source=2',
+                  '--config.curriculum.replan_every=4', '--config.curriculum.plan_batch_size=8'],
+                 check=True, cwd=repo)
+  steps = [json.loads(line)['step'] for line in (tmp_path / 'metrics.jsonl').read_text().splitlines()]
+  assert steps[-1] == 8

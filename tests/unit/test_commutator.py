@@ -211,3 +211,20 @@ def test_trotter_tournament_of_two_sources_is_the_trotter_bracket():
                                     steps=3)
   sigma = commutator.bracket(mlp_loss, params, a, b, target, reference='trotter', lr=0.1, steps=3)
   np.testing.assert_allclose(scores, [-sigma, sigma], rtol=1e-9)
+
+
+@pytest.mark.slow
+def test_quick_experiment_writes_the_summary(tmp_path):
+  import json
+  import os
+  import subprocess
+  import sys
+  repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  subprocess.run([sys.executable, os.path.join(repo, 'experiments', 'commutator.py'), '--quick',
+                  '--out', str(tmp_path)], check=True, cwd=repo)
+  summary = json.loads((tmp_path / 'summary.json').read_text())
+  assert summary['headline']['value'] >= 0.9  # k = 1 is deep in the bracket's local regime
+  assert summary['adam_aware_accuracy_k5'] > summary['plain_accuracy_adam_k5']
+  assert 0 <= summary['tournament_percentile'] <= 100
+  assert {p.name for p in tmp_path.glob('*.png')} >= {'accuracy_vs_k.png',
+                                                        'scatter_predicted_vs_measured.png'}
