@@ -26,17 +26,20 @@ from models.transformer import Decoder, DecoderConfig  # noqa: E402
 FULL = dict(cfg=DecoderConfig(num_layers=3, d_model=256, num_heads=4, mlp_dim=1024, max_len=128),
             batch=8, seq_len=128, reps=5)
 QUICK = dict(cfg=DecoderConfig(num_layers=2, d_model=64, num_heads=4, mlp_dim=128, max_len=32),
-             batch=8, seq_len=32, reps=5)
+             batch=8, seq_len=32, reps=20)
 
 
-def median_seconds(fn, *args, reps: int) -> float:
-  jax.block_until_ready(fn(*args))  # compile
-  times = []
+def median_seconds(calls, reps: int) -> list[float]:
+  """Median time of each zero-argument call; the calls alternate, so load spikes hit both."""
+  for call in calls:
+    jax.block_until_ready(call())  # compile
+  times = [[] for _ in calls]
   for _ in range(reps):
-    start = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
+    for call, record in zip(calls, times):
+      start = time.perf_counter()
+      jax.block_until_ready(call())
+      record.append(time.perf_counter() - start)
+  return [statistics.median(t) for t in times]
 
 
 def main():
@@ -55,9 +58,10 @@ def main():
     return -jnp.mean(jnp.take_along_axis(logp, tokens[:, 1:, None], axis=-1))
 
   v = jax.tree.map(lambda x: jnp.full_like(x, 1e-2), params)
-  grad_s = median_seconds(jax.jit(jax.grad(loss_fn)), params, tokens, reps=setup['reps'])
-  hvp_s = median_seconds(jax.jit(lambda p, v, t: hvp(loss_fn, p, v, t)), params, v, tokens,
-                         reps=setup['reps'])
+  grad_fn = jax.jit(jax.grad(loss_fn))
+  hvp_fn = jax.jit(lambda p, v, t: hvp(loss_fn, p, v, t))
+  grad_s, hvp_s = median_seconds([lambda: grad_fn(params, tokens),
+                                  lambda: hvp_fn(params, v, tokens)], setup['reps'])
   print(json.dumps({
       'name': 'hvp_vs_grad', 'ratio': hvp_s / grad_s, 'baseline': 'jax.grad of the same loss',
       'target': 3.0, 'hvp_ms': 1e3 * hvp_s, 'grad_ms': 1e3 * grad_s,
