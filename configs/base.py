@@ -7,7 +7,7 @@ not exist is an error, never a silent new key.
 
 import ml_collections
 
-CURRICULUM_KINDS = ('uniform', 'ordered', 'phased')
+CURRICULUM_KINDS = ('uniform', 'ordered', 'phased', 'tournament')
 MODEL_KINDS = ('decoder',)
 DATA_MODES = ('pool', 'stream')
 CORPORA = ('shakespeare', 'kjv')
@@ -55,6 +55,8 @@ def get_config():
       source_order=(),  # phased; empty = sources in corpus order
       order='',  # ordered: a name in curriculum.ordering.ORDERS ('' = corpus order)
       order_args=ml_collections.ConfigDict(),  # ordered: keyword arguments of that order
+      replan_every=0,  # tournament: re-plan every P steps (a multiple of steps_per_source); 0 = once
+      plan_batch_size=16,  # tournament: examples per source (and per source in the target batch)
   ))
 
   c.optim = ml_collections.ConfigDict(dict(

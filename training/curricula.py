@@ -15,7 +15,7 @@ def build(config, pool) -> api.Curriculum:
                                                           pool.size), batch)
     # Without a scored order, one pass in corpus order (the natural reading order).
     return api.ordered(np.arange(pool.size), batch)
-  if c.kind == 'phased':
+  if c.kind in ('phased', 'tournament'):  # tournament: training/planning.py sets the order
     source = np.asarray(pool.source)
     order = list(c.source_order) or list(range(int(source.max()) + 1))
     return api.phased(source, order, c.steps_per_source, batch)
