@@ -3,7 +3,6 @@
 import dataclasses
 
 import jax
-import jax.numpy as jnp
 import optax
 from flax import nnx
 
@@ -67,8 +66,3 @@ def param_count(state) -> int:
   model_state = state[0]
   return sum(x.size for x in jax.tree.leaves(model_state.filter(nnx.Param)))
 
-
-def nonfinite_streak(state) -> jax.Array:
-  """Consecutive non-finite steps so far, read from optax.apply_if_finite's state."""
-  opt_state = state[1]['opt_state']
-  return opt_state['notfinite_count'][...] if isinstance(opt_state, dict) else jnp.int32(0)
