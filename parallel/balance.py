@@ -288,22 +288,33 @@ def makespan(costs, bins, num_bins: int) -> float:
 
 def assign_lpt(costs, num_bins: int) -> np.ndarray:
   """Longest-processing-time-first: samples by decreasing max(encoder, decoder) cost, each into
-  the bin whose resulting max load is smallest. Returns int32 bin ids [num_samples]."""
+  the bin whose resulting max load is smallest (the first num_bins open one bin each). Returns
+  int32 bin ids [num_samples]."""
   costs = _check_assignment_inputs(costs, num_bins)
   # Plain Python floats: at tens of bins, per-sample numpy calls cost more than this loop.
   enc, dec = [0.0] * num_bins, [0.0] * num_bins
   bins = np.empty(len(costs), np.int32)
   order = np.argsort(-costs.max(1), kind='stable')
-  for i, ce, cd in zip(order.tolist(), costs[order, 0].tolist(), costs[order, 1].tolist()):
-    best, best_load = 0, math.inf
-    for j in range(num_bins):
-      load = max(enc[j] + ce, dec[j] + cd)
-      if load < best_load:
-        best, best_load = j, load
+  for rank, (i, ce, cd) in enumerate(zip(order.tolist(), costs[order, 0].tolist(),
+                                         costs[order, 1].tolist())):
+    if rank < num_bins:  # the largest samples open one bin each: none stays empty
+      best = rank
+    else:
+      best = _least_loaded(enc, dec, ce, cd)
     bins[i] = best
     enc[best] += ce
     dec[best] += cd
   return bins
+
+
+def _least_loaded(enc: list, dec: list, ce: float, cd: float) -> int:
+  """The bin whose max(encoder, decoder) load after adding (ce, cd) is smallest."""
+  best, best_load = 0, math.inf
+  for j, (e, d) in enumerate(zip(enc, dec)):
+    load = e + ce if e + ce > d + cd else d + cd
+    if load < best_load:
+      best, best_load = j, load
+  return best
 
 
 class Assignment(NamedTuple):
