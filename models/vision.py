@@ -1,10 +1,12 @@
 """Small ViT encoder over 8x8 digit images and the projector into the decoder width.
 
-An image is cut into (image_size / patch_size)^2 patches; each patch becomes one token. The
+An image is cut into (image_size / patch_size)^2 patches; each patch is one encoder token. The
 blocks reuse the decoder's RMSNorm and SwiGLU with bidirectional attention inside each image, and
 are stacked on a leading 'layers' axis by `make_stack`, so the same `scan_stack` (and pipeline
-stages) run them. A two-layer projector maps every patch token to the decoder width; those
-tokens are what `models.multimodal` places before the text.
+stages) run them. A pixel shuffle (InternVL-style) folds each `shuffle` x `shuffle` block of
+patches into one token, so the decoder sees fewer tokens per image than the encoder runs; a
+two-layer projector maps them to the decoder width. Those tokens are what `models.multimodal`
+places before the text.
 """
 
 import dataclasses
@@ -23,7 +25,8 @@ PIXEL_MAX = 16.0  # load_digits pixels are 0..16
 @dataclasses.dataclass(frozen=True)
 class VisionConfig:
   image_size: int = 8
-  patch_size: int = 4
+  patch_size: int = 2
+  shuffle: int = 2  # patches per side folded into one output token
   num_layers: int = 2
   d_model: int = 64
   num_heads: int = 4
@@ -34,12 +37,16 @@ class VisionConfig:
   init_scale: float = 0.02
 
   def __post_init__(self):
-    for name in ('image_size', 'patch_size', 'num_layers', 'd_model', 'num_heads', 'mlp_dim'):
+    for name in ('image_size', 'patch_size', 'shuffle', 'num_layers', 'd_model', 'num_heads',
+                 'mlp_dim'):
       if getattr(self, name) < 1:
         raise ValueError(f'vision.{name} must be >= 1, got {getattr(self, name)}')
     if self.image_size % self.patch_size:
       raise ValueError(f'vision.patch_size={self.patch_size} does not divide '
                        f'vision.image_size={self.image_size}')
+    if self.patches_per_side % self.shuffle:
+      raise ValueError(f'vision.shuffle={self.shuffle} does not divide the '
+                       f'{self.patches_per_side} patches per side')
     if self.d_model % self.num_heads:
       raise ValueError(f'vision.d_model={self.d_model} is not divisible by '
                        f'vision.num_heads={self.num_heads}')
@@ -48,14 +55,19 @@ class VisionConfig:
         raise ValueError(f'vision.{name}={getattr(self, name)!r}; choose one of {sorted(table)}')
 
   @property
+  def patches_per_side(self) -> int:
+    return self.image_size // self.patch_size
+
+  @property
   def tokens_per_image(self) -> int:
-    return (self.image_size // self.patch_size) ** 2
+    """Tokens each image contributes to the decoder sequence (after the pixel shuffle)."""
+    return (self.patches_per_side // self.shuffle) ** 2
 
   def block_config(self) -> DecoderConfig:
     """The decoder-block settings the shared RMSNorm/SwiGLU layers read (vocab and RoPE unused)."""
     return DecoderConfig(vocab_size=1, num_layers=self.num_layers, d_model=self.d_model,
                          num_heads=self.num_heads, mlp_dim=self.mlp_dim,
-                         max_len=self.tokens_per_image, dtype=self.dtype,
+                         max_len=self.patches_per_side ** 2, dtype=self.dtype,
                          param_dtype=self.param_dtype, remat=self.remat,
                          init_scale=self.init_scale)
 
@@ -98,7 +110,7 @@ class EncoderBlock(nnx.Module):
 
 
 class VisionEncoder(nnx.Module):
-  """Images [N, H, W] (uint8 or float, 0..16) -> patch tokens [N, tokens_per_image, out_dim]."""
+  """Images [N, H, W] (uint8 or float, 0..16) -> image tokens [N, tokens_per_image, out_dim]."""
 
   def __init__(self, cfg: VisionConfig, out_dim: int, rngs: nnx.Rngs):
     if out_dim < 1:
@@ -108,18 +120,25 @@ class VisionEncoder(nnx.Module):
     pd, d = DTYPES[cfg.param_dtype], cfg.d_model
     patch_pixels = cfg.patch_size ** 2
     self.patch_embed = param(rngs, (patch_pixels, d), ('patch', 'embed'), patch_pixels ** -0.5, pd)
-    self.pos_embed = param(rngs, (cfg.tokens_per_image, d), ('patch_pos', 'embed'), cfg.init_scale, pd)
+    self.pos_embed = param(rngs, (cfg.patches_per_side ** 2, d), ('patch_pos', 'embed'),
+                           cfg.init_scale, pd)
     self.layers = make_stack(block_cfg, rngs, EncoderBlock)
     self.final_norm = RMSNorm(d, pd)
-    self.proj_in = param(rngs, (d, out_dim), ('embed', 'mlp'), d ** -0.5, pd)
+    folded = d * cfg.shuffle ** 2
+    self.proj_in = param(rngs, (folded, out_dim), ('embed', 'mlp'), folded ** -0.5, pd)
     self.proj_out = param(rngs, (out_dim, out_dim), ('mlp', 'embed'), out_dim ** -0.5, pd)
 
   def patches(self, images):
-    """[N, H, W] -> [N, tokens_per_image, patch_size^2], row-major over patches."""
-    n, p = images.shape[0], self.cfg.patch_size
-    g = self.cfg.image_size // p
+    """[N, H, W] -> [N, patches_per_side^2, patch_size^2], row-major over patches."""
+    n, p, g = images.shape[0], self.cfg.patch_size, self.cfg.patches_per_side
     x = images.astype(DTYPES[self.cfg.dtype]) / PIXEL_MAX
     return x.reshape(n, g, p, g, p).transpose(0, 1, 3, 2, 4).reshape(n, g * g, p * p)
+
+  def pixel_shuffle(self, x):
+    """[N, g*g, d] -> [N, (g/s)^2, s*s*d]: each s x s block of patches becomes one token."""
+    n, d, g, s = x.shape[0], x.shape[-1], self.cfg.patches_per_side, self.cfg.shuffle
+    x = x.reshape(n, g // s, s, g // s, s, d).transpose(0, 1, 3, 2, 4, 5)
+    return x.reshape(n, (g // s) ** 2, s * s * d)
 
   def __call__(self, images):
     dt = DTYPES[self.cfg.dtype]
@@ -131,6 +150,6 @@ class VisionEncoder(nnx.Module):
     graphdef, state = nnx.split(self.layers)
     positions = jnp.zeros(x.shape[:2], jnp.int32)
     x, _ = scan_stack(graphdef, state, x, positions, self.cfg.remat)
-    x = self.final_norm(x)
+    x = self.pixel_shuffle(self.final_norm(x))
     x = jax.nn.gelu(x @ self.proj_in[...].astype(dt))
     return x @ self.proj_out[...].astype(dt)

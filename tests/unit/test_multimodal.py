@@ -47,12 +47,15 @@ def test_every_parameter_has_logical_axis_names(model):
     assert names is not None and len(names) == leaf[...].ndim, path
 
 
-def test_encoder_patches_tile_the_image(model):
+def test_encoder_patches_tile_the_image_and_shuffle_folds_blocks(model):
   enc = model.encoder
   image = jnp.arange(64, dtype=jnp.float32).reshape(1, 8, 8)
   patches = enc.patches(image) * 16.0  # undo the 0..16 pixel scaling
-  np.testing.assert_array_equal(patches[0, 0], [0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27])
-  np.testing.assert_array_equal(patches[0, 1, :4], [4, 5, 6, 7])
+  np.testing.assert_array_equal(patches[0, 0], [0, 1, 8, 9])
+  np.testing.assert_array_equal(patches[0, 1], [2, 3, 10, 11])
+  index = jnp.arange(16, dtype=jnp.float32).reshape(1, 16, 1)  # patch ids, 4 per side
+  np.testing.assert_array_equal(enc.pixel_shuffle(index)[0], [[0, 1, 4, 5], [2, 3, 6, 7],
+                                                              [8, 9, 12, 13], [10, 11, 14, 15]])
   assert enc(jnp.zeros((3, 8, 8), jnp.uint8)).shape == (3, VISION.tokens_per_image, DECODER.d_model)
 
 
@@ -127,6 +130,8 @@ def test_bad_input_names_the_parameter():
     mm.mixture(1.5)
   with pytest.raises(ValueError, match='patch_size'):
     VisionConfig(patch_size=3)
+  with pytest.raises(ValueError, match='shuffle'):
+    VisionConfig(patch_size=4, shuffle=4)
   with pytest.raises(ValueError, match='split'):
     mm.digit_images('validation')
 
