@@ -100,6 +100,7 @@ class DigitStories(tfds.core.GeneratorBasedBuilder):
       DigitStoriesConfig(name='uniform', skew=0.0),
       DigitStoriesConfig(name='mild', skew=0.5),
       DigitStoriesConfig(name='dflop', skew=1.0),
+      DigitStoriesConfig(name='dflop_tiny', skew=1.0, num_train=96, num_test=16),  # for tests
   ]
   DEFAULT_CONFIG_NAME = 'dflop'
 
