@@ -91,9 +91,9 @@ def profile_costs(model, quick):
     tokens = jnp.zeros((1, n), jnp.int32)
     return lambda: dec_grad(dec_state, tokens)
 
-  repeats = 3 if quick else 7
-  tiles = [8, 64, 512] if quick else [4, 16, 64, 256, 1024]
-  tokens = [128, 1024, 4096] if quick else [64, 256, 1024, 2048, 4096, 8192]
+  repeats = 2 if quick else 5
+  tiles = [8, 64, 256] if quick else [4, 16, 64, 256, 1024]
+  tokens = [128, 512, 2048] if quick else [64, 256, 1024, 2048, 4096]
   return bal.CostModel(bal.profile(encoder_at, tiles, repeats), bal.profile(decoder_at, tokens, repeats))
 
 
@@ -146,11 +146,12 @@ def simulate_arm(cost, tiles, tokens, layer_split, bins, num_bins, image_ladder,
 
 
 def simulated_arms(cost, memory, tiles, tokens, step_samples):
-  """Per-step makespans of blind, module-split-only, balancing-only and DFLOP."""
+  """Per-step makespans of: blind; layout search only (encoder/decoder split and microbatch
+  count, sequential bins); LPT balancing only (blind layout and M); DFLOP (both)."""
   image_ladder, token_ladder = ladders(tiles, tokens, step_samples // STAGES)
   blind_split = bal.uniform_split(VISION.num_layers, DECODER.num_layers, STAGES)
   blind_m = 2 * STAGES
-  out = {k: [] for k in ('blind', 'module_split', 'balancing', 'dflop')}
+  out = {k: [] for k in ('blind', 'layout_only', 'balancing', 'dflop')}
   detail = {'blind_times': [], 'dflop_times': [], 'layouts': [], 'dflop_waste': []}
   for start in range(0, len(tiles) - step_samples + 1, step_samples):
     t, k = tiles[start:start + step_samples], tokens[start:start + step_samples]
@@ -164,7 +165,7 @@ def simulated_arms(cost, memory, tiles, tokens, step_samples):
     lpt_m = bal.assign_lpt(cost.sample_costs(t, k, m), m)
     arms = {
         'blind': (blind_split, bal.sequential_bins(len(t), blind_m), blind_m),
-        'module_split': (split, bal.sequential_bins(len(t), m), m),
+        'layout_only': (split, bal.sequential_bins(len(t), m), m),
         'balancing': (blind_split, lpt_blind_m, blind_m),
         'dflop': (split, lpt_m, m),
     }
@@ -275,7 +276,7 @@ def solver_times(cost, tiles, tokens, limit):
 def sweep(cost, memory, skews, seeds, num, step_samples):
   rows = []
   for skew in skews:
-    gains = {arm: [] for arm in ('module_split', 'balancing', 'dflop')}
+    gains = {arm: [] for arm in ('layout_only', 'balancing', 'dflop')}
     for seed in seeds:
       _, tiles, tokens = workload(num, skew, seed)
       spans, _ = simulated_arms(cost, memory, tiles, tokens, step_samples)
@@ -292,7 +293,7 @@ def plot(rows, detail, path):
   import matplotlib.pyplot as plt
   fig, ax = plt.subplots(1, 2, figsize=(10, 4))
   skews = [r['skew'] for r in rows]
-  for arm, label in (('module_split', 'module split only'), ('balancing', 'LPT balancing only'),
+  for arm, label in (('layout_only', 'layout search only (split, M)'), ('balancing', 'LPT balancing only'),
                      ('dflop', 'layout search + LPT (DFLOP)')):
     ax[0].errorbar(skews, [r[arm]['mean'] for r in rows], yerr=[r[arm]['std'] for r in rows],
                    marker='o', capsize=3, label=label)
@@ -332,8 +333,9 @@ def main():
   emit('balanced_vs_blind_simulated', blind / dflop, 'uniform layer split, fixed-size sequential '
        f'microbatches (M={2 * STAGES})', 1.25, blind_makespan_s=blind, balanced_makespan_s=dflop,
        stages=STAGES, samples=num, samples_per_step=step_samples, layouts=detail['layouts'],
-       module_split_only=spans['blind'].sum() / spans['module_split'].sum(),
-       balancing_only=spans['blind'].sum() / spans['balancing'].sum())
+       layout_only=spans['blind'].sum() / spans['layout_only'].sum(),
+       balancing_only=spans['blind'].sum() / spans['balancing'].sum(),
+       balancing_at_searched_m=spans['layout_only'].sum() / dflop)
 
   progress('measuring data-parallel steps')
   measured_samples = 192 if quick else 512
@@ -351,7 +353,7 @@ def main():
 
   progress('timing solvers')
   _, s_tiles, s_tokens = workload(1024, 1.0, 1) if quick else (examples, tiles, tokens)
-  limit = 2.0 if quick else 10.0
+  limit = 5.0 if quick else 10.0
   lpt_s, lpt_span, cpsat, cpsat_span = solver_times(cost, s_tiles, s_tokens, limit)
   emit('lpt_solver_time', lpt_s / 0.010, '10 ms budget', 1.0, seconds=lpt_s, samples=1024, bins=16)
   emit('cpsat_solver_time', cpsat.seconds / limit, f'{limit} s time limit', 1.0,

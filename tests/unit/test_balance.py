@@ -25,18 +25,19 @@ def brute_force_makespan(costs, num_bins):
 
 
 ordinary = st.lists(st.tuples(st.integers(1, 20), st.integers(1, 300)), min_size=1, max_size=60)
-huge = st.lists(st.tuples(st.integers(1, 20), st.integers(1000, 3000)), max_size=3)
+excess = st.lists(st.tuples(st.integers(1, 20), st.integers(1, 3000)), max_size=3)
 
 
 @settings(max_examples=40, deadline=None)
-@given(ordinary, huge, st.integers(1, 12), st.sampled_from(['lpt', 'cpsat']))
+@given(ordinary, excess, st.integers(1, 12), st.sampled_from(['lpt', 'cpsat']))
 def test_balance_assigns_every_sample_exactly_once(samples, oversized, num_bins, solver):
   num_bins = min(num_bins, len(samples))
-  tiles, tokens = np.array(samples + oversized).T
-  # Rungs generous enough for any balanced bin, but below the oversized samples' 1000 tokens.
-  image_ladder = b.ladder(2 * tiles[:len(samples)].sum() // num_bins + 40)
-  token_ladder = b.ladder(2 * tokens[:len(samples)].sum() // num_bins + 600)
-  token_ladder = token_ladder[token_ladder < 1000]
+  tiles, tokens = np.array(samples).T
+  # Rungs generous enough for any balanced bin; the oversized samples go past the last rung.
+  image_ladder = b.ladder(2 * tiles.sum() // num_bins + 40)
+  token_ladder = b.ladder(2 * tokens.sum() // num_bins + 600)
+  tiles = np.concatenate([tiles, [t for t, _ in oversized]]).astype(int)
+  tokens = np.concatenate([tokens, [token_ladder[-1] + e for _, e in oversized]]).astype(int)
   big = b.oversized(tiles, tokens, image_ladder, token_ladder)
   assert big.sum() == len(oversized)
   with warnings.catch_warnings(record=True) as caught:
