@@ -126,10 +126,10 @@ def profile_memory(quick):
 # Simulated pipeline
 
 
-def ladders(tiles, tokens, samples_per_bin):
+def ladders(tiles, tokens, samples_per_bin, growth=1.125):
   """Bucket ladders wide enough for a bin of the largest samples (images counted one by one)."""
-  return (bal.ladder(tiles.max() * samples_per_bin, growth=1.125, smallest=1, multiple=1),
-          bal.ladder(tokens.max() * samples_per_bin, growth=1.125))
+  return (bal.ladder(tiles.max() * samples_per_bin, growth, smallest=1, multiple=1),
+          bal.ladder(tokens.max() * samples_per_bin, growth))
 
 
 def microbatch_times(cost, tiles, tokens, bins, num_bins, image_ladder, token_ladder):
@@ -192,7 +192,8 @@ def workload(num, skew, seed):
 
 def step_batches(examples, tiles, tokens, cost, devices, step_samples, balanced):
   """Per step: (device batch of `devices` packed rows, shared bucket shape, real token count)."""
-  image_ladder, token_ladder = ladders(tiles, tokens, step_samples // devices)
+  # Finer rungs than the pipeline's: all rows of a data-parallel step share the largest bucket.
+  image_ladder, token_ladder = ladders(tiles, tokens, step_samples // devices, growth=1.0625)
   steps = []
   for start in range(0, len(examples) - step_samples + 1, step_samples):
     t, k = tiles[start:start + step_samples], tokens[start:start + step_samples]
