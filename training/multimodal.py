@@ -93,8 +93,7 @@ def flop_cost_model(vision_cfg: VisionConfig, decoder_cfg, rate: float = 1e10) -
   balancer needs, without profiling at start-up (the benchmark profiles; the run's adaptive
   correction rescales the absolute time from measured steps)."""
   tokens = vision_cfg.patches_per_side ** 2
-  encoder_cfg = dataclasses.replace(vision_cfg.block_config(), vocab_size=1)
-  per_image = tokens * flops_per_token(encoder_cfg, tokens, causal=False)
+  per_image = tokens * flops_per_token(vision_cfg.block_config(), tokens, causal=False)
   per_token = flops_per_token(decoder_cfg, decoder_cfg.max_len // 8)
   flat = lambda per_unit: balance.Throughput(np.array([1.0, 2.0]), np.full(2, rate / per_unit))
   return balance.CostModel(flat(per_image), flat(per_token))
