@@ -19,6 +19,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 def tiny(tmp_path, **train):
   c = preset.get_config('tiny')
   c.data.data_dir = str(tmp_path / 'tfds')
+  c.optim.decay_steps = 4  # one learning-rate schedule for the split and the whole run
   c.train.update(**train)
   return c
 
