@@ -3,14 +3,17 @@
 Prints one JSON line per figure:
   balanced_vs_blind_simulated  1F1B makespan (simulator, profiled cost model, static buckets):
                                data-blind (uniform layer split of encoder+decoder, fixed-size
-                               sequential microbatches) / DFLOP (layout search + LPT)
+                               sequential microbatches, M = 2S) / DFLOP (layout search over the
+                               encoder/decoder split and M, then LPT); the arms in between are
+                               reported alongside
   balanced_vs_blind_measured   measured training throughput of the multimodal model on 8 fake
                                CPU devices, data parallel (one packed bin per device per step;
                                pipeline stages are not used here)
   padding_waste                padding fraction of token slots, balanced DP steps
   lpt_solver_time              LPT on 1024 samples
   cpsat_solver_time            CP-SAT on 1024 samples within its time limit (LPT fallback)
-and writes the skew sweep to results/dflop/{summary.json, gain_vs_skew.png, microbatch_cdf.png}.
+and writes the skew sweep to results/dflop/{summary.json, gain_vs_skew.png} (gain per arm vs
+skew; CDF of the slowest-stage time per microbatch). The ratio of each line is ours / baseline.
 
   python benchmarks/balance.py [--quick]
 """
