@@ -8,7 +8,7 @@ not exist is an error, never a silent new key.
 import ml_collections
 
 CURRICULUM_KINDS = ('uniform', 'ordered', 'phased', 'tournament')
-MODEL_KINDS = ('decoder',)
+MODEL_KINDS = ('decoder', 'multimodal')
 DATA_MODES = ('pool', 'stream')
 CORPORA = ('shakespeare', 'kjv')
 

@@ -275,4 +275,7 @@ class Trainer:
 
 
 def run(config, workdir: str, devices=None) -> dict:
+  if config.model.kind == 'multimodal':  # packed, DFLOP-balanced rows: training/multimodal.py
+    from training import multimodal
+    return multimodal.run(config, workdir, devices)
   return Trainer(config, workdir, devices).run()
