@@ -63,13 +63,13 @@ class DecoderConfig:
 
 def param(rngs: nnx.Rngs, shape, axes, scale: float, dtype) -> nnx.Param:
   value = scale * jax.random.normal(rngs.params(), shape, dtype)
-  return nnx.Param(value, sharding_names=axes)
+  return nnx.Param(value, out_sharding=axes)
 
 
 class RMSNorm(nnx.Module):
 
   def __init__(self, dim: int, param_dtype, eps: float = 1e-6):
-    self.scale = nnx.Param(jnp.ones((dim,), param_dtype), sharding_names=('embed',))
+    self.scale = nnx.Param(jnp.ones((dim,), param_dtype), out_sharding=('embed',))
     self.eps = eps
 
   def __call__(self, x):
