@@ -28,7 +28,6 @@ class MoEConfig(DecoderConfig):
   num_experts: int = 8
   top_k: int = 2
   capacity_factor: float = 0.0  # 0: dropless; > 0: each expert takes ceil(cf * N * k / E) rows
-  aux_loss_coef: float = 0.01  # the returned aux loss is already multiplied by this
 
   def __post_init__(self):
     super().__post_init__()
@@ -40,14 +39,12 @@ class MoEConfig(DecoderConfig):
     if self.capacity_factor < 0:
       raise ValueError(f'model.capacity_factor must be >= 0 (0 = dropless), got '
                        f'{self.capacity_factor}')
-    if self.aux_loss_coef < 0:
-      raise ValueError(f'model.aux_loss_coef must be >= 0, got {self.aux_loss_coef}')
 
 
 class Routing(NamedTuple):
   expert_ids: jax.Array  # int32 [N, k]
   gates: jax.Array  # float32 [N, k], renormalized over the chosen experts
-  aux: jax.Array  # scalar load-balance loss times aux_loss_coef
+  aux: jax.Array  # scalar load-balance loss; the trainer weighs it by optim.aux_loss_coef
 
 
 def check_expert_mesh(num_experts: int, mesh=None):
@@ -88,7 +85,7 @@ class MoE(nnx.Module):
       _, expert_ids = jax.lax.top_k(probs, self.cfg.top_k)
     chosen = jnp.take_along_axis(probs, expert_ids, axis=-1)
     gates = chosen / jnp.sum(chosen, axis=-1, keepdims=True)
-    aux = self.cfg.aux_loss_coef * load_balance_loss(probs, expert_ids)
+    aux = load_balance_loss(probs, expert_ids)
     return Routing(expert_ids.astype(jnp.int32), gates, aux)
 
   def experts(self, x: jax.Array, routing: Routing) -> jax.Array:

@@ -90,10 +90,10 @@ class RevBlock(nnx.Module):
   def __init__(self, cfg: DecoderConfig, rngs: nnx.Rngs, rev: ReversibleConfig):
     half, d = stream_width(cfg), cfg.d_model
     self.block = MoEBlock(cfg, rngs) if isinstance(cfg, MoEConfig) else Block(cfg, rngs)
-    self.attn_up = Adapter(placement(half, d, half), sharding_names=('stream', 'embed'))
-    self.attn_down = Adapter(placement(d, half, 0), sharding_names=('embed', 'stream'))
-    self.ffn_up = Adapter(placement(half, d, 0), sharding_names=('stream', 'embed'))
-    self.ffn_down = Adapter(placement(d, half, half), sharding_names=('embed', 'stream'))
+    self.attn_up = Adapter(placement(half, d, half), out_sharding=('stream', 'embed'))
+    self.attn_down = Adapter(placement(d, half, 0), out_sharding=('embed', 'stream'))
+    self.ffn_up = Adapter(placement(half, d, 0), out_sharding=('stream', 'embed'))
+    self.ffn_down = Adapter(placement(d, half, half), out_sharding=('embed', 'stream'))
     self.cfg, self.rev = cfg, rev
 
   def _project(self, x, adapter):

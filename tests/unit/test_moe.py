@@ -84,8 +84,7 @@ def test_moe_decoder_returns_aux_summed_over_layers():
 
 @pytest.mark.parametrize('kwargs,key', [(dict(num_experts=0), 'model.num_experts'),
                                         (dict(top_k=5), 'model.top_k'),
-                                        (dict(capacity_factor=-1.0), 'model.capacity_factor'),
-                                        (dict(aux_loss_coef=-1.0), 'model.aux_loss_coef')])
+                                        (dict(capacity_factor=-1.0), 'model.capacity_factor')])
 def test_bad_moe_config_names_the_key(kwargs, key):
   with pytest.raises(ValueError, match=key):
     dataclasses.replace(CFG, **kwargs)
