@@ -7,18 +7,26 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from models import transformer
+from models import moe, reversible, transformer
 from parallel.sharding import tree_shardings
 
 
-def decoder_config(config) -> transformer.DecoderConfig:
-  names = {f.name for f in dataclasses.fields(transformer.DecoderConfig)}
-  return transformer.DecoderConfig(**{k: v for k, v in config.model.items() if k in names})
+def decoder_config(config, cls=transformer.DecoderConfig) -> transformer.DecoderConfig:
+  names = {f.name for f in dataclasses.fields(cls)}
+  return cls(**{k: v for k, v in config.model.items() if k in names})
 
 
 def make_model(config, key: jax.Array) -> nnx.Module:
   if config.model.kind == 'decoder':
     return transformer.Decoder(decoder_config(config), nnx.Rngs(params=key))
+  if config.model.kind == 'moe':
+    return transformer.Decoder(decoder_config(config, moe.MoEConfig), nnx.Rngs(params=key),
+                               block_factory=moe.MoEBlock)
+  if config.model.kind == 'revffn':
+    rev = reversible.ReversibleConfig(**{k: config.reversible[k] for k in (
+        'coupling', 'fixed_point_tol', 'fixed_point_max_iters')})
+    return reversible.ReversibleDecoder(decoder_config(config, moe.MoEConfig),
+                                        nnx.Rngs(params=key), rev)
   raise ValueError(f'model.kind={config.model.kind!r} is unknown')
 
 
@@ -34,6 +42,8 @@ def make_tx(config) -> optax.GradientTransformation:
   tx = optax.chain(optax.clip_by_global_norm(o.grad_clip),
                    optax.adamw(learning_rate(config), o.b1, o.b2, o.eps,
                                weight_decay=o.weight_decay))
+  if config.model.kind == 'revffn' and config.reversible.stage1_steps:
+    tx = reversible.two_stage(tx, config.reversible.stage1_steps)
   # A non-finite gradient leaves parameters and moments untouched; the loop stops the run after
   # `train.max_nonfinite` such steps in a row. The inner limit is never reached on purpose: past
   # it optax would apply the bad update.
