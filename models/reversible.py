@@ -121,7 +121,7 @@ class RevBlock(nnx.Module):
     return self._project(out, self.ffn_down).astype(jnp.float32), aux, expert_ids
 
 
-def _forward_layer(graphdef, layer_state, x1, x2, positions):
+def forward_layer(graphdef, layer_state, x1, x2, positions):
   block = nnx.merge(graphdef, layer_state)
   y1 = x1 + block.attention_branch(x1, x2, positions)
   g, aux, expert_ids = block.ffn_branch(y1)
@@ -133,7 +133,7 @@ def _forward_scan(graphdef, stacked_state, x1, x2, positions, remat=False):
 
   def body(carry, layer_state):
     x1, x2 = carry
-    y1, y2, aux, expert_ids = _forward_layer(graphdef, layer_state, x1, x2, positions)
+    y1, y2, aux, expert_ids = forward_layer(graphdef, layer_state, x1, x2, positions)
     return (y1, y2), (aux, expert_ids)
 
   if remat:
@@ -174,23 +174,35 @@ def _fixed_point(step, x0, rev: ReversibleConfig):
   return jnp.where(converged, x, jnp.nan)
 
 
-def invert_layer(graphdef, rev, layer_state, y1, y2, expert_ids, positions):
-  """A layer's inputs from its outputs, with the pullbacks of G(Y1) and F(X1, X2) at them."""
+def invert_ffn(graphdef, layer_state, y1, y2, expert_ids):
+  """X2 = Y2 - G(Y1) with the pullback of G at Y1 (cotangents (dY2, d aux) -> (dparams, dY1))."""
 
   def g(p, y1):
     out, aux, _ = nnx.merge(graphdef, p).ffn_branch(y1, expert_ids)
     return out, aux
 
+  (g_val, _), g_pullback = jax.vjp(g, layer_state, y1)
+  return y2 - g_val, g_pullback
+
+
+def invert_attention(graphdef, rev, layer_state, y1, x2, positions):
+  """X1 from Y1 = X1 + F(X1, X2) with the pullback of F at (X1, X2)."""
+
   def f(p, x1, x2):
     return nnx.merge(graphdef, p).attention_branch(x1, x2, positions)
 
-  (g_val, _), g_pullback = jax.vjp(g, layer_state, y1)
-  x2 = y2 - g_val
-  x1_guess = y1
+  x1_guess = y1  # the explicit coupling ignores it
   if rev.coupling == 'implicit':
     x1_guess = _fixed_point(lambda x1: y1 - f(layer_state, x1, x2), y1, rev)
   f_val, f_pullback = jax.vjp(f, layer_state, x1_guess, x2)
-  return y1 - f_val, x2, g_pullback, f_pullback
+  return y1 - f_val, f_pullback
+
+
+def invert_layer(graphdef, rev, layer_state, y1, y2, expert_ids, positions):
+  """A layer's inputs (X1, X2) from its outputs and the expert ids its forward chose."""
+  x2, _ = invert_ffn(graphdef, layer_state, y1, y2, expert_ids)
+  x1, _ = invert_attention(graphdef, rev, layer_state, y1, x2, positions)
+  return x1, x2
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
@@ -211,11 +223,12 @@ def _reversible_bwd(graphdef, rev, residuals, cotangents):
   def body(carry, layer):
     y1, y2, a1, a2 = carry
     layer_state, layer_ids = layer
-    x1, x2, g_pullback, f_pullback = invert_layer(graphdef, rev, layer_state, y1, y2, layer_ids,
-                                                  positions)
+    # G's backward runs before F's recompute, so only one branch's internals are live at a time.
+    x2, g_pullback = invert_ffn(graphdef, layer_state, y1, y2, layer_ids)
     # The stack's aux output is the sum over layers, so every layer's aux gets the same cotangent.
     dp_g, dy1 = g_pullback((a2, a_aux))
     a1 = a1 + dy1
+    x1, f_pullback = invert_attention(graphdef, rev, layer_state, y1, x2, positions)
     dp_f, dx1, dx2 = f_pullback(a1)
     grads = jax.tree.map(jnp.add, dp_f, dp_g)
     return (x1, x2, a1 + dx1, a2 + dx2), grads
