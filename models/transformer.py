@@ -192,7 +192,10 @@ class Decoder(nnx.Module):
     self.stack_runner: Optional[Callable] = None
 
   def embed_tokens(self, tokens):
-    x = jnp.take(self.embed[...], tokens, axis=0).astype(DTYPES[self.cfg.dtype])
+    # Gathering rows of a sharded table makes GSPMD replicate it anyway, with a warning and an
+    # extra copy; all-gathering it first (as FSDP does for every weight) is the clean path.
+    table = constrain(self.embed[...], (None, None))
+    x = jnp.take(table, tokens, axis=0).astype(DTYPES[self.cfg.dtype])
     return constrain(x, ('act_batch', 'act_len', 'act_embed'))
 
   def run_layers(self, x, positions):

@@ -29,4 +29,9 @@ def losses(workdir):
 
 
 def leaves(tree):
-  return [np.asarray(jax.device_get(x)) for x in jax.tree.leaves(tree)]
+  """Host copies of every array leaf; typed PRNG keys as their raw key data."""
+  def host(x):
+    if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+      x = jax.random.key_data(x)
+    return np.asarray(jax.device_get(x))
+  return [host(x) for x in jax.tree.leaves(tree)]

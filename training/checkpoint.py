@@ -43,25 +43,40 @@ class Checkpoints:
   def latest_step(self) -> Optional[int]:
     return self._manager.latest_step()
 
-  def restore(self, abstract_state, abstract_cstate) -> Optional[Restored]:
-    """The newest readable checkpoint, or None when there is none at all."""
+  def restore(self, abstract_state, abstract_cstate, check_config) -> Optional[Restored]:
+    """The newest readable checkpoint, or None when there is none at all.
+
+    `check_config(saved_config_dict)` runs before any array is read, so an incompatible config is
+    reported as such (it raises) instead of surfacing as a shape error.
+    """
     steps = sorted(self._manager.all_steps(), reverse=True)
     for step in steps:
+      try:
+        config = self._manager.restore(
+            step, args=ocp.args.Composite(config=ocp.args.JsonRestore())).config
+      except Exception as e:  # orbax raises many types for damaged files
+        self._report_unreadable(step, e)
+        continue
+      check_config(config, step)
       try:
         r = self._manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract_state),
             curriculum=ocp.args.StandardRestore(abstract_cstate),
-            data=ocp.args.JsonRestore(), config=ocp.args.JsonRestore()))
-      except Exception as e:  # orbax raises many types for damaged files
-        logging.warning('checkpoint step %d is incomplete or corrupted (%s: %s); falling back to '
-                        'the previous step', step, type(e).__name__, str(e).splitlines()[0][:200])
-        print(f'warning: checkpoint step {step} is incomplete or corrupted; falling back to the '
-              'previous complete step')
+            data=ocp.args.JsonRestore()))
+      except Exception as e:
+        self._report_unreadable(step, e)
         continue
-      return Restored(step, r.state, r.curriculum, r.data, r.config)
+      return Restored(step, r.state, r.curriculum, r.data, config)
     if steps:
       raise RuntimeError(f'no readable checkpoint among steps {steps} in {self._manager.directory}')
     return None
+
+  @staticmethod
+  def _report_unreadable(step: int, error: Exception):
+    logging.warning('checkpoint step %d: %s: %s', step, type(error).__name__,
+                    str(error).splitlines()[0][:300] if str(error) else '')
+    print(f'warning: checkpoint step {step} is incomplete or corrupted; falling back to the '
+          'previous complete step')
 
   def close(self):
     self._manager.wait_until_finished()

@@ -115,10 +115,7 @@ class Trainer:
     m, r = self.mesh, self.rules
     sh, csh = self.shardings, self.c_shardings
     if self.stream is None:
-      pool_sh = jax.tree.map(lambda _: self.replicated, self.pool)
-      fn = jax.jit(step_lib.make_pool_step(self.graphdef, self.curriculum, aux),
-                   in_shardings=(sh, csh, pool_sh), out_shardings=(sh, csh, self.replicated),
-                   donate_argnums=(0, 1))
+      fn = step_lib.jit_pool_step(self.graphdef, self.curriculum, aux, sh, csh, self.pool, m)
     else:
       fn = jax.jit(step_lib.make_stream_step(self.graphdef, self.curriculum, aux),
                    in_shardings=(sh, csh, self.replicated, self.batch_sharding),
@@ -134,17 +131,19 @@ class Trainer:
 
   def initial_state(self):
     """(step, state, cstate, data item) from the latest readable checkpoint, or fresh."""
-    restored = self.checkpoints.restore(self.abstract, self.abstract_c)
+    restored = self.checkpoints.restore(self.abstract, self.abstract_c, self._check_resumable)
     if restored is None:
       _, state, _ = state_lib.init_state(self.config, self.mesh, self.rules, self.init_key)
       cstate = jax.jit(self.curriculum.init, out_shardings=self.c_shardings)(self.curriculum_key)
       return 0, state, cstate, {}
-    bad = ckpt_lib.incompatible_keys(restored.config, self.config.to_dict())
-    if bad:
-      raise ValueError(f'config differs from the checkpoint at step {restored.step} in '
-                       f'{", ".join(bad)}; use a new --workdir or restore these values')
     logging.info('resuming from step %d', restored.step)
     return restored.step, restored.state, restored.curriculum, restored.data
+
+  def _check_resumable(self, saved_config: dict, step: int):
+    bad = ckpt_lib.incompatible_keys(saved_config, self.config.to_dict())
+    if bad:
+      raise ValueError(f'config differs from the checkpoint at step {step} in '
+                       f'{", ".join(bad)}; use a new --workdir or restore these values')
 
   def save(self, step, state, cstate, next_indices):
     data = {'mode': self.config.data.mode}

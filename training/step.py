@@ -67,6 +67,14 @@ def make_pool_step(graphdef, curriculum: Curriculum, aux_coef: float) -> Callabl
   return step
 
 
+def jit_pool_step(graphdef, curriculum, aux_coef, state_shardings, c_shardings, pool, mesh):
+  """The pool step jitted with its shardings; state and curriculum state are donated."""
+  rep = NamedSharding(mesh, P())
+  return jax.jit(make_pool_step(graphdef, curriculum, aux_coef),
+                 in_shardings=(state_shardings, c_shardings, replicated(mesh, pool)),
+                 out_shardings=(state_shardings, c_shardings, rep), donate_argnums=(0, 1))
+
+
 def make_stream_step(graphdef, curriculum: Curriculum, aux_coef: float) -> Callable:
   """The streaming step: trains on the host-read batch of `idx` and returns the next indices,
   computed from the updated curriculum state, so the host can read them one step ahead."""
