@@ -44,7 +44,8 @@ def get_config():
   # model.kind='revffn': RevFFN reversible stack (models/reversible.py) and its two-stage schedule.
   c.reversible = ml_collections.ConfigDict(dict(
       coupling='explicit', fixed_point_tol=1e-6, fixed_point_max_iters=50,
-      stage1_steps=0))  # first stage1_steps updates train the adapters only
+      stage1_steps=0,  # the first stage1_steps updates train the adapters only
+      init_from=''))  # workdir of a finished model.kind='moe' run to convert; '' = fresh init
 
   c.data = ml_collections.ConfigDict(dict(
       corpus='shakespeare',  # comma-separated list: each corpus is one `source`

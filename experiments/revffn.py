@@ -4,8 +4,9 @@ plain autodiff, per-layer remat and reversible backprop (stage 2).
 
 Writes results/revffn/summary.json (headline: final KJV held-out loss of reversible fine-tuning
 minus plain full fine-tuning, in nats per byte), the loss curves, per-layer reconstruction error
-of the stack inputs in float32 and bfloat16 compute (streams float32 in both) and the rate at
-which top-k routing would flip if recomputed on reconstructed inputs.
+of the stack inputs in float32, with bfloat16 blocks on float32 streams (the design) and on
+bfloat16 streams, and the rate at which top-k routing would flip if recomputed on reconstructed
+inputs.
 
   python experiments/revffn.py [--quick]
 """
@@ -35,9 +36,10 @@ from models import moe  # noqa: E402
 from models import reversible as rv  # noqa: E402
 from models.transformer import Decoder  # noqa: E402
 
-FULL = dict(num_layers=4, d_model=128, num_heads=4, mlp_dim=256, num_experts=8, top_k=2,
-            seq_len=128, batch=16, pretrain_steps=600, stage1_steps=200, stage2_steps=300,
-            pretrain_lr=3e-3, stage1_lr=3e-3, stage2_lr=1e-3, eval_every=25, eval_batches=8)
+# Sized for a 2-core machine shared with other jobs (about 10 CPU-minutes).
+FULL = dict(num_layers=4, d_model=64, num_heads=4, mlp_dim=128, num_experts=4, top_k=2,
+            seq_len=64, batch=16, pretrain_steps=400, stage1_steps=150, stage2_steps=200,
+            pretrain_lr=3e-3, stage1_lr=3e-3, stage2_lr=1e-3, eval_every=25, eval_batches=4)
 QUICK = dict(num_layers=2, d_model=32, num_heads=2, mlp_dim=64, num_experts=4, top_k=2,
              seq_len=32, batch=8, pretrain_steps=30, stage1_steps=20, stage2_steps=20,
              pretrain_lr=3e-3, stage1_lr=3e-3, stage2_lr=1e-3, eval_every=10, eval_batches=2)
@@ -100,23 +102,25 @@ def schedule(lr, steps):
   return optax.warmup_cosine_decay_schedule(0.0, lr, max(steps // 10, 1), steps, lr * 0.1)
 
 
-def reconstruction(model: rv.ReversibleDecoder, tokens):
+def reconstruction(model: rv.ReversibleDecoder, tokens, stream_dtype=jnp.float32):
   """Per layer: relative error of the layer's input rebuilt from the top of the stack, and the
-  fraction of tokens whose top-k experts would change if routed on the rebuilt Y1."""
+  fraction of tokens whose top-k experts would change if routed on the rebuilt Y1. A bfloat16
+  `stream_dtype` rounds the streams after every addition and subtraction (what bf16 streams do)."""
   graphdef, state = nnx.split(model.layers)
   positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
-  x1, x2 = rv.split_streams(model.embed_tokens(tokens), model.cfg)
+  rounded = lambda pair: tuple(t.astype(stream_dtype).astype(jnp.float32) for t in pair)
+  x1, x2 = rounded(rv.split_streams(model.embed_tokens(tokens), model.cfg))
 
   def forward(carry, layer):
     y1, y2, _, ids = rv.forward_layer(graphdef, layer, *carry, positions)
-    return (y1, y2), (carry, ids)
+    return rounded((y1, y2)), (carry, ids)
 
   def backward(carry, layer_and_ids):
     layer, ids = layer_and_ids
     y1, y2 = carry
     _, _, fresh = nnx.merge(graphdef, layer).ffn_branch(y1)
     flipped = jnp.any(jnp.sort(fresh, -1) != jnp.sort(ids, -1), axis=-1)
-    x1, x2 = rv.invert_layer(graphdef, model.rev, layer, y1, y2, ids, positions)
+    x1, x2 = rounded(rv.invert_layer(graphdef, model.rev, layer, y1, y2, ids, positions))
     return (x1, x2), ((x1, x2), jnp.mean(flipped))
 
   top, (inputs, ids) = jax.lax.scan(forward, (x1, x2), state)
@@ -191,8 +195,11 @@ def main():
     stage2[arm] = Run(model, optax.adamw(schedule(lr2, n2)), *kjv, setup, args.seed + 2).fit(n2)
 
   probe = jnp.asarray(kjv[1][:setup['batch']])
-  recon = {dtype: reconstruction(with_dtype(stage2['reversible'].model, dtype), probe)
-           for dtype in ('float32', 'bfloat16')}
+  tuned = stage2['reversible'].model
+  recon = {'float32': reconstruction(tuned, probe),
+           'bfloat16 blocks, float32 streams': reconstruction(with_dtype(tuned, 'bfloat16'), probe),
+           'bfloat16 blocks, bfloat16 streams': reconstruction(with_dtype(tuned, 'bfloat16'), probe,
+                                                               jnp.bfloat16)}
 
   final = {arm: run.curve[-1][1] for arm, run in stage2.items()}
   summary = {

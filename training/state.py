@@ -16,6 +16,11 @@ def decoder_config(config, cls=transformer.DecoderConfig) -> transformer.Decoder
   return cls(**{k: v for k, v in config.model.items() if k in names})
 
 
+def reversible_config(config) -> reversible.ReversibleConfig:
+  return reversible.ReversibleConfig(**{k: config.reversible[k] for k in (
+      'coupling', 'fixed_point_tol', 'fixed_point_max_iters')})
+
+
 def make_model(config, key: jax.Array) -> nnx.Module:
   if config.model.kind == 'decoder':
     return transformer.Decoder(decoder_config(config), nnx.Rngs(params=key))
@@ -23,10 +28,8 @@ def make_model(config, key: jax.Array) -> nnx.Module:
     return transformer.Decoder(decoder_config(config, moe.MoEConfig), nnx.Rngs(params=key),
                                block_factory=moe.MoEBlock)
   if config.model.kind == 'revffn':
-    rev = reversible.ReversibleConfig(**{k: config.reversible[k] for k in (
-        'coupling', 'fixed_point_tol', 'fixed_point_max_iters')})
     return reversible.ReversibleDecoder(decoder_config(config, moe.MoEConfig),
-                                        nnx.Rngs(params=key), rev)
+                                        nnx.Rngs(params=key), reversible_config(config))
   raise ValueError(f'model.kind={config.model.kind!r} is unknown')
 
 
@@ -69,6 +72,9 @@ def abstract_state(config, mesh, rules):
 def init_state(config, mesh, rules, key: jax.Array):
   """Parameters and optimizer state created directly in their shards (no host copy)."""
   graphdef, _, shardings = abstract_state(config, mesh, rules)
+  if config.model.kind == 'revffn' and config.reversible.init_from:
+    from training import convert  # it builds on this module
+    return graphdef, convert.converted_state(config, mesh, rules, shardings), shardings
   state = jax.jit(lambda k: nnx.split(build(config, k))[1], out_shardings=shardings)(key)
   return graphdef, state, shardings
 
