@@ -28,7 +28,7 @@ from flax import nnx  # noqa: E402
 from configs import moe as moe_preset  # noqa: E402
 from models import moe  # noqa: E402
 from models import reversible as rv  # noqa: E402
-from models.transformer import Decoder  # noqa: E402
+from models.transformer import Decoder, DecoderConfig  # noqa: E402
 from training.state import decoder_config  # noqa: E402
 
 DEVICE = jax.devices()[0].device_kind
@@ -39,10 +39,13 @@ QUICK = dict(d_model=64, num_heads=2, mlp_dim=128, batch=4, seq=128, seqs=(64, 1
 SIZES = {'full': FULL, 'quick': QUICK}
 
 
-def stack_config(size, num_layers):
-  return moe.MoEConfig(vocab_size=264, num_layers=num_layers, d_model=size['d_model'],
-                       num_heads=size['num_heads'], mlp_dim=size['mlp_dim'], max_len=4096,
-                       num_experts=8, top_k=2)
+def stack_config(size, num_layers, ffn='moe'):
+  dense = DecoderConfig(vocab_size=264, num_layers=num_layers, d_model=size['d_model'],
+                        num_heads=size['num_heads'], mlp_dim=size['mlp_dim'], max_len=4096)
+  if ffn == 'dense':
+    return dense
+  fields = {f.name: getattr(dense, f.name) for f in dataclasses.fields(DecoderConfig)}
+  return moe.MoEConfig(**fields, num_experts=8, top_k=2)
 
 
 def stack_grad(cfg, backprop):
@@ -64,9 +67,9 @@ def stream_inputs(cfg, batch, seq):
 
 
 @functools.lru_cache(maxsize=None)
-def temp_bytes(size_name, num_layers, backprop, seq):
+def temp_bytes(size_name, num_layers, backprop, seq, ffn='moe'):
   size = SIZES[size_name]
-  cfg = stack_config(size, num_layers)
+  cfg = stack_config(size, num_layers, ffn)
   grad, layers = stack_grad(cfg, backprop)
   compiled = grad.lower(layers, *stream_inputs(cfg, size['batch'], seq)).compile()
   return compiled.memory_analysis().temp_size_in_bytes
@@ -91,6 +94,12 @@ def memory_lines(size_name):
        'plain autodiff, temp bytes', 0.05, temp_mib=temps_mib, **shape)
   line('reversible_depth_growth_4_32L', by_depth[32, 'reversible'], by_depth[4, 'reversible'],
        'reversible at 4 layers, temp bytes (ratio 1.0 = flat)', 1.02, temp_mib=temps_mib, **shape)
+  # On CPU, lax.ragged_dot lowers to a dense product over all experts with masked inputs, so the
+  # MoE's per-layer working set is E times its activations; a dense SwiGLU G shows the stack alone.
+  dense = {bp: temp_bytes(size_name, 16, bp, size['seq'], 'dense') for bp in rv.BACKPROPS}
+  line('reversible_vs_plain_memory_16L_dense_ffn', dense['reversible'], dense['autodiff'],
+       'plain autodiff, temp bytes, SwiGLU in place of the MoE', 0.05, remat_bytes=dense['remat'],
+       reversible_vs_remat=round(dense['reversible'] / dense['remat'], 4), **shape)
   for seq in size['seqs']:
     temps = {bp: temp_bytes(size_name, 16, bp, seq) for bp in rv.BACKPROPS}
     line(f'reversible_vs_remat_memory_16L_S{seq}', temps['reversible'], temps['remat'],

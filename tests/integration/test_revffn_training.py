@@ -8,8 +8,9 @@ import sys
 import numpy as np
 import pytest
 
-from configs import revffn
+from configs import moe, revffn
 from tests import helpers
+from training import loop
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -42,3 +43,21 @@ def test_quick_experiment_writes_summary(tmp_path):
   errors = summary['reconstruction']['float32']['relative_error_per_layer']
   assert max(errors) < 1e-4
   assert (tmp_path / 'revffn.png').exists()
+
+
+@pytest.mark.slow
+def test_revffn_run_starts_from_a_trained_moe_run(tmp_path):
+  moe_config = moe.get_config('tiny')
+  moe_config.train.update(progress=False, steps=4)
+  moe_run = helpers.train(moe_config, tmp_path / 'moe')
+  config = tiny_revffn(4)
+  config.reversible.init_from = str(tmp_path / 'moe')
+  trainer = loop.Trainer(config, str(tmp_path / 'revffn'))
+  step, state, _, _ = trainer.initial_state()
+  assert step == 0
+  moe_model = moe_run.final_state[0]
+  np.testing.assert_array_equal(state[0]['embed'][...], moe_model['embed'][...])
+  np.testing.assert_array_equal(state[0]['layers']['block']['ffn']['w_up'][...],
+                                moe_model['layers']['ffn']['w_up'][...])
+  trainer.run()
+  assert np.isfinite(helpers.losses(tmp_path / 'revffn')[-1])
