@@ -57,7 +57,7 @@ def check_expert_mesh(num_experts: int, mesh=None):
 
 
 def load_balance_loss(probs: jax.Array, expert_ids: jax.Array) -> jax.Array:
-  """Switch Transformer loss E * sum_e f_e * P_e; f_e (the dispatch fraction) carries no gradient."""
+  """Switch Transformer loss E * sum_e f_e * P_e; f_e (dispatch fraction) carries no gradient."""
   num_experts = probs.shape[-1]
   counts = jnp.zeros((num_experts,), jnp.float32).at[expert_ids.ravel()].add(1.0)
   fraction = counts / expert_ids.size

@@ -52,8 +52,9 @@ class ReversibleConfig:
     if self.backprop not in BACKPROPS:
       raise ValueError(f'reversible.backprop={self.backprop!r}; choose one of {BACKPROPS}')
     if self.fixed_point_tol <= 0 or self.fixed_point_max_iters < 1:
-      raise ValueError('reversible.fixed_point_tol must be > 0 and reversible.fixed_point_max_iters '
-                       f'>= 1, got {self.fixed_point_tol}, {self.fixed_point_max_iters}')
+      raise ValueError('reversible.fixed_point_tol must be > 0 and '
+                       'reversible.fixed_point_max_iters >= 1, got '
+                       f'{self.fixed_point_tol}, {self.fixed_point_max_iters}')
 
 
 class Adapter(nnx.Param):
@@ -259,7 +260,8 @@ class ReversibleDecoder(Decoder):
   """The decoder with `RevBlock` layers; `run_layers` splits the embedding into two float32
   streams, runs the reversible stack and joins the streams again before the final norm."""
 
-  def __init__(self, cfg: DecoderConfig, rngs: nnx.Rngs, rev: ReversibleConfig = ReversibleConfig()):
+  def __init__(self, cfg: DecoderConfig, rngs: nnx.Rngs,
+               rev: ReversibleConfig = ReversibleConfig()):
     stream_width(cfg)
     super().__init__(cfg, rngs, block_factory=functools.partial(RevBlock, rev=rev))
     self.rev = rev
