@@ -36,10 +36,10 @@ from models import moe  # noqa: E402
 from models import reversible as rv  # noqa: E402
 from models.transformer import Decoder  # noqa: E402
 
-# Sized for a 2-core machine shared with other jobs (about 10 CPU-minutes).
+# Sized for a 2-core machine shared by several jobs: a few CPU-minutes.
 FULL = dict(num_layers=4, d_model=64, num_heads=4, mlp_dim=128, num_experts=4, top_k=2,
-            seq_len=64, batch=16, pretrain_steps=400, stage1_steps=150, stage2_steps=200,
-            pretrain_lr=3e-3, stage1_lr=3e-3, stage2_lr=1e-3, eval_every=25, eval_batches=4)
+            seq_len=64, batch=8, pretrain_steps=300, stage1_steps=100, stage2_steps=150,
+            pretrain_lr=3e-3, stage1_lr=3e-3, stage2_lr=1e-3, eval_every=25, eval_batches=2)
 QUICK = dict(num_layers=2, d_model=32, num_heads=2, mlp_dim=64, num_experts=4, top_k=2,
              seq_len=32, batch=8, pretrain_steps=30, stage1_steps=20, stage2_steps=20,
              pretrain_lr=3e-3, stage1_lr=3e-3, stage2_lr=1e-3, eval_every=10, eval_batches=2)
@@ -95,6 +95,8 @@ class Run:
       self.step(self.model, self.optimizer, jnp.asarray(batch))
       if i % self.setup['eval_every'] == 0 or i == steps:
         self.curve.append((offset + i, self.evaluate()))
+        print(f'step {offset + i}: held-out loss {self.curve[-1][1]:.4f}', file=sys.stderr,
+              flush=True)
     return self
 
 
