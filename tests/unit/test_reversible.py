@@ -111,6 +111,11 @@ def bigram_batches(num, batch, length, vocab, seed=0):
   return jnp.asarray(tokens)
 
 
+def snapshot(module):
+  """Copies of a module's parameter values (nnx.state alone shares the live Variables)."""
+  return jax.tree.map(np.array, nnx.state(module, nnx.Param))
+
+
 def train(model, tx, batches, wrt=nnx.Param):
   optimizer = nnx.Optimizer(model, tx, wrt=wrt)
 
@@ -135,26 +140,26 @@ def test_conversion_recovers_the_original_loss_after_stage1():
   original = train(Decoder(cfg, nnx.Rngs(0), block_factory=moe.MoEBlock), optax.adam(1e-2),
                    batches[:80])
   converted = rv.to_reversible(original)
-  backbone = nnx.state(converted.layers.block)
+  backbone = snapshot(converted.layers.block)
   evaluate = nnx.jit(lambda m: lm_loss(m, heldout)[0])
   want, before = float(evaluate(original)), float(evaluate(converted))
   stage1 = rv.two_stage(optax.adam(optax.cosine_decay_schedule(1e-2, 60)), stage1_steps=60)
   converted = train(converted, stage1, batches[80:140])
   after = float(evaluate(converted))
   assert abs(after - want) < 0.1 < abs(before - want), (want, before, after)
-  tuned_backbone = nnx.state(converted.layers.block)
-  for got, kept in zip(jax.tree.leaves(tuned_backbone), jax.tree.leaves(backbone)):
+  tuned = snapshot(converted.layers.block)
+  for got, kept in zip(jax.tree.leaves(tuned), jax.tree.leaves(backbone)):
     np.testing.assert_array_equal(got, kept)
 
 
 def test_two_stage_moves_backbone_only_in_stage2():
   model = rv.ReversibleDecoder(DENSE, nnx.Rngs(0))
-  before = nnx.state(model, nnx.Param)
+  before = snapshot(model)
   batches = bigram_batches(3, 2, 8, DENSE.vocab_size)
   train(model, rv.two_stage(optax.sgd(0.1), stage1_steps=2), batches[:2])
-  after_stage1 = nnx.state(model, nnx.Param)
+  after_stage1 = snapshot(model)
   np.testing.assert_array_equal(after_stage1['embed'][...], before['embed'][...])
   adapter = lambda state: state['layers']['attn_up'][...]
   assert not np.array_equal(adapter(after_stage1), adapter(before))
   train(model, rv.two_stage(optax.sgd(0.1), stage1_steps=0), batches[2:])
-  assert not np.array_equal(nnx.state(model, nnx.Param)['embed'][...], before['embed'][...])
+  assert not np.array_equal(snapshot(model)['embed'][...], before['embed'][...])
