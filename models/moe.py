@@ -47,9 +47,9 @@ class Routing(NamedTuple):
   aux: jax.Array  # scalar load-balance loss; the trainer weighs it by optim.aux_loss_coef
 
 
-def check_expert_mesh(num_experts: int, mesh=None):
-  """Expert parallelism needs whole experts per device along the `expert` mesh axis."""
-  mesh = jax.sharding.get_abstract_mesh() if mesh is None else mesh
+def check_expert_mesh(num_experts: int):
+  """Expert parallelism needs whole experts per device along the current mesh's `expert` axis."""
+  mesh = jax.sharding.get_abstract_mesh()
   size = 1 if mesh.empty else dict(mesh.shape).get('expert', 1)
   if num_experts % size:
     raise ValueError(f'model.num_experts={num_experts} is not divisible by the expert mesh axis '
