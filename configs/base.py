@@ -29,6 +29,7 @@ DEFAULT_RULES = (
     ('kv', None),
     ('vocab', 'tensor'),
     ('expert', 'expert'),
+    ('act_expert', 'expert'),  # the capacity-mode MoE dispatch buffer [experts, capacity, d]
 )
 
 
