@@ -8,7 +8,7 @@ not exist is an error, never a silent new key.
 import ml_collections
 
 CURRICULUM_KINDS = ('uniform', 'ordered', 'phased', 'tournament')
-MODEL_KINDS = ('decoder', 'multimodal')
+MODEL_KINDS = ('decoder', 'multimodal', 'moe', 'revffn')
 DATA_MODES = ('pool', 'stream')
 CORPORA = ('shakespeare', 'kjv')
 
@@ -29,6 +29,7 @@ DEFAULT_RULES = (
     ('kv', None),
     ('vocab', 'tensor'),
     ('expert', 'expert'),
+    ('act_expert', 'expert'),  # the capacity-mode MoE dispatch buffer [experts, capacity, d]
 )
 
 
@@ -38,7 +39,14 @@ def get_config():
   c.model = ml_collections.ConfigDict(dict(
       kind='decoder', vocab_size=264, num_layers=4, d_model=128, num_heads=4, mlp_dim=384,
       max_len=256, rope_base=10000.0, dtype='float32', param_dtype='float32', remat='none',
-      init_scale=0.02))
+      init_scale=0.02,
+      num_experts=8, top_k=2, capacity_factor=0.0))  # moe, revffn; capacity_factor 0 = dropless
+
+  # model.kind='revffn': RevFFN reversible stack (models/reversible.py) and its two-stage schedule.
+  c.reversible = ml_collections.ConfigDict(dict(
+      coupling='explicit', fixed_point_tol=1e-6, fixed_point_max_iters=50,
+      stage1_steps=0,  # the first stage1_steps updates train the adapters only
+      init_from=''))  # workdir of a finished model.kind='moe' run to convert; '' = fresh init
 
   c.data = ml_collections.ConfigDict(dict(
       corpus='shakespeare',  # comma-separated list: each corpus is one `source`

@@ -6,18 +6,29 @@ import jax
 import optax
 from flax import nnx
 
-from models import transformer
+from models import moe, reversible, transformer
 from parallel.sharding import tree_shardings
 
 
-def decoder_config(config) -> transformer.DecoderConfig:
-  names = {f.name for f in dataclasses.fields(transformer.DecoderConfig)}
-  return transformer.DecoderConfig(**{k: v for k, v in config.model.items() if k in names})
+def decoder_config(config, cls=transformer.DecoderConfig) -> transformer.DecoderConfig:
+  names = {f.name for f in dataclasses.fields(cls)}
+  return cls(**{k: v for k, v in config.model.items() if k in names})
+
+
+def reversible_config(config) -> reversible.ReversibleConfig:
+  return reversible.ReversibleConfig(**{k: config.reversible[k] for k in (
+      'coupling', 'fixed_point_tol', 'fixed_point_max_iters')})
 
 
 def make_model(config, key: jax.Array) -> nnx.Module:
   if config.model.kind == 'decoder':
     return transformer.Decoder(decoder_config(config), nnx.Rngs(params=key))
+  if config.model.kind == 'moe':
+    return transformer.Decoder(decoder_config(config, moe.MoEConfig), nnx.Rngs(params=key),
+                               block_factory=moe.MoEBlock)
+  if config.model.kind == 'revffn':
+    return reversible.ReversibleDecoder(decoder_config(config, moe.MoEConfig),
+                                        nnx.Rngs(params=key), reversible_config(config))
   raise ValueError(f'model.kind={config.model.kind!r} is unknown')
 
 
@@ -33,6 +44,8 @@ def make_tx(config) -> optax.GradientTransformation:
   tx = optax.chain(optax.clip_by_global_norm(o.grad_clip),
                    optax.adamw(learning_rate(config), o.b1, o.b2, o.eps,
                                weight_decay=o.weight_decay))
+  if config.model.kind == 'revffn' and config.reversible.stage1_steps:
+    tx = reversible.two_stage(tx, config.reversible.stage1_steps)
   # A non-finite gradient leaves parameters and moments untouched; the loop stops the run after
   # `train.max_nonfinite` such steps in a row. The inner limit is never reached on purpose: past
   # it optax would apply the bad update.
@@ -58,6 +71,9 @@ def abstract_state(config, mesh, rules):
 def init_state(config, mesh, rules, key: jax.Array):
   """Parameters and optimizer state created directly in their shards (no host copy)."""
   graphdef, _, shardings = abstract_state(config, mesh, rules)
+  if config.model.kind == 'revffn' and config.reversible.init_from:
+    from training import convert  # it builds on this module
+    return graphdef, convert.converted_state(config, mesh, rules, shardings), shardings
   state = jax.jit(lambda k: nnx.split(build(config, k))[1], out_shardings=shardings)(key)
   return graphdef, state, shardings
 
