@@ -33,10 +33,6 @@ def lm_loss(model, tokens: jax.Array, aux_coef: float):
   return loss + aux_coef * aux, (loss, per_example, counts)
 
 
-def _all_finite(tree) -> jax.Array:
-  return jnp.all(jnp.array([jnp.isfinite(x).all() for x in jax.tree.leaves(tree)]))
-
-
 def make_update(graphdef, curriculum: Curriculum, aux_coef: float) -> Callable:
   """(state, cstate, idx, tokens) -> (state, cstate, metrics): one optimizer step on a batch."""
 
@@ -45,7 +41,7 @@ def make_update(graphdef, curriculum: Curriculum, aux_coef: float) -> Callable:
     grad_fn = nnx.value_and_grad(lambda m: lm_loss(m, tokens, aux_coef), has_aux=True)
     (_, (loss, per_example, counts)), grads = grad_fn(model)
     opt.update(model, grads)  # optax.apply_if_finite skips non-finite gradients
-    finite = jnp.isfinite(loss) & _all_finite(grads)
+    finite = opt.opt_state.last_finite[...]
     # A bad step must not poison the curriculum's statistics either.
     updated = curriculum.update(cstate, idx, Feedback(loss=per_example, tokens=counts))
     cstate = jax.tree.map(lambda new, old: jnp.where(finite, new, old), updated, cstate)
