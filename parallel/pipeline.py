@@ -1,7 +1,7 @@
 """Pipeline stages over the `stage` mesh axis: GPipe, circular and 1F1B schedules.
 
-Each device runs its own program inside `jax.shard_map` (manual over 'stage' only, so data, fsdp
-and tensor sharding stay with GSPMD) and hands activations to its neighbour with `ppermute`. The
+Each device runs its own program inside `jax.shard_map`, manual over 'stage' and the batch axes
+(`batch_axes`, default 'data'), and hands activations to its neighbour with `ppermute`. The
 parameters are the same stacked layer state the sequential scan consumes: a leading layers axis of
 L = S * R * K layers, laid out so that stage s runs layers (r * S + s) * K ... + K - 1 on its r-th
 repeat. The module knows layers and stages, not models or losses: the caller passes
@@ -22,10 +22,17 @@ Schedules (S stages, M microbatches, R repeats), in ticks of one stage-step each
 A tick whose stage has no microbatch to work on is a bubble; `lax.cond` skips its compute.
 `pollute_bubbles` fills bubble state with NaN (praxis' polluting_bubbles_with_nan) so tests can
 prove bubbles never reach outputs or gradients.
+
+Gradients of parameters accumulate per device and are reduced over the batch axes once, outside
+the tick loop, so the skipped branches hold no collectives over the manual axes. Mesh axes left to
+GSPMD inside a stage (fsdp, tensor, expert) put collectives inside those branches, which is fine
+where all devices of a stage take the same branch (GPU, TPU) but hangs the CPU runtime, whose
+collectives wait for every device: on fake CPU devices use stage x data meshes.
 """
 
 import dataclasses
 import functools
+import math
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -48,6 +55,7 @@ class PipelineConfig:
   repeats: int = 1
   remat: bool = True  # gpipe/circular: keep only each tick's stage input for the backward
   pollute_bubbles: bool = False
+  batch_axes: tuple[str, ...] = ('data',)  # mesh axes that split the batch
 
   def __post_init__(self):
     if self.schedule not in SCHEDULES:
@@ -97,6 +105,11 @@ class PipelineConfig:
       found = None if mesh.empty else mesh.shape.get(AXIS)
       raise ValueError(f'parallel.stage={self.stages} needs an active mesh (jax.set_mesh) whose '
                        f"'{AXIS}' axis has that size; found {found}")
+    shards = math.prod(mesh.shape.get(a, 1) for a in self.batch_axes)
+    if (batch_size // self.num_microbatches) % shards:
+      raise ValueError(f'microbatches of {batch_size // self.num_microbatches} examples (batch '
+                       f'{batch_size} / pipeline.microbatches={self.num_microbatches}) do not split '
+                       f'over the {shards} devices of batch axes {self.batch_axes}')
 
 
 class Stats(NamedTuple):
@@ -148,9 +161,17 @@ def _blank(x: jax.Array, cfg: PipelineConfig) -> jax.Array:
   return jnp.full_like(x, jnp.nan if cfg.pollute_bubbles else 0)
 
 
-def _varying(tree):
-  """Marks values that start equal on every stage as per-stage, as scan carries must be."""
-  cast = lambda a: a if AXIS in jax.typeof(a).manual_axis_type.varying else jax.lax.pcast(a, (AXIS,), to='varying')
+def _varying(tree, axes):
+  """Marks values as differing across `axes` (scan carries and cond branches must agree on it).
+
+  Casting a parameter before the loop also puts the transpose's reduction over those axes there,
+  once, instead of inside the per-tick branches.
+  """
+
+  def cast(a):
+    missing = tuple(ax for ax in axes if ax not in jax.typeof(a).manual_axis_type.varying)
+    return jax.lax.pcast(a, missing, to='varying') if missing else a
+
   return jax.tree.map(cast, tree)
 
 
@@ -163,14 +184,30 @@ def _per_stage(x):
   return jax.tree.map(lambda a: a[None], x)
 
 
-def _map_stages(fn, num_args: int, replicated_from: int):
-  """shard_map over 'stage' only: the first `replicated_from` arguments are split over stages."""
-  in_specs = tuple(jax.P(AXIS) if i < replicated_from else jax.P() for i in range(num_args))
-  return jax.shard_map(fn, in_specs=in_specs, out_specs=jax.P(AXIS), axis_names={AXIS})
+class _Specs(NamedTuple):
+  """PartitionSpecs of the manual region: stage-split params, replicated head, split batches."""
+  manual: tuple[str, ...]
+  batch_axes: tuple[str, ...]
+  staged: jax.P = jax.P(AXIS)
+  replicated: jax.P = jax.P()
+
+  @property
+  def microbatched(self) -> jax.P:  # [M, mb, ...]
+    return jax.P(None, self.batch_axes)
+
+  @property
+  def stage_microbatched(self) -> jax.P:  # [S, M, mb, ...]
+    return jax.P(AXIS, None, self.batch_axes)
 
 
-def _forward_ticks(layer_fn: LayerFn, cfg: PipelineConfig, staged, xs, extras):
-  """The gpipe / circular program of one stage. xs, extras: [M, mb, ...] microbatches.
+def _specs(cfg: PipelineConfig) -> _Specs:
+  shape = jax.sharding.get_abstract_mesh().shape
+  batch_axes = tuple(a for a in cfg.batch_axes if a in shape)
+  return _Specs(manual=(AXIS, *batch_axes), batch_axes=batch_axes)
+
+
+def _forward_ticks(layer_fn: LayerFn, cfg: PipelineConfig, specs: _Specs, staged, xs, extras):
+  """The gpipe / circular program of one device. xs, extras: [M, mb, ...] microbatches.
 
   Every device keeps a buffer of M microbatches: stage 0 reads its inputs from it, and writes what
   comes back around the ring from the last stage for the next repeat; the last stage writes its
@@ -178,7 +215,7 @@ def _forward_ticks(layer_fn: LayerFn, cfg: PipelineConfig, staged, xs, extras):
   """
   s_count, m_count, r_count = cfg.stages, cfg.num_microbatches, cfg.repeats
   stage = jax.lax.axis_index(AXIS)
-  params = jax.tree.map(lambda a: a[0], staged)  # [R, K, ...]
+  params = _varying(jax.tree.map(lambda a: a[0], staged), specs.manual)  # [R, K, ...]
   run_stage = _stage_fn(layer_fn)
 
   def step(params, extras, work, x):
@@ -186,7 +223,8 @@ def _forward_ticks(layer_fn: LayerFn, cfg: PipelineConfig, staged, xs, extras):
     repeat, mb, valid = work
     run = lambda: run_stage(jax.tree.map(lambda a: a[repeat], params), x, extras[mb])
     skip = lambda: (x, jnp.zeros((), jnp.float32))
-    return jax.lax.cond(valid, run, skip)
+    return jax.lax.cond(valid, lambda: _varying(run(), specs.manual),
+                        lambda: _varying(skip(), specs.manual))
 
   if cfg.remat:
     step = jax.checkpoint(step)
@@ -209,7 +247,9 @@ def _forward_ticks(layer_fn: LayerFn, cfg: PipelineConfig, staged, xs, extras):
 
   buf = jnp.where(stage == 0, xs, _blank(xs, cfg))
   init = (_blank(xs[0], cfg), buf, jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32))
-  (_, buf, aux, useful), _ = jax.lax.scan(tick, _varying(init), jnp.arange(cfg.ticks))
+  (_, buf, aux, useful), _ = jax.lax.scan(tick, _varying(init, specs.manual), jnp.arange(cfg.ticks))
+  aux = jax.lax.pmean(aux, specs.batch_axes)
+  useful = jax.lax.pmax(useful, specs.batch_axes)  # the same on every batch shard
   return _per_stage((buf, aux, useful))
 
 
@@ -221,28 +261,33 @@ def forward(layer_fn: LayerFn, cfg: PipelineConfig, stacked, x, extras):
   if cfg.schedule == '1f1b':
     raise ValueError('pipeline.schedule="1f1b" interleaves the backward: use loss_and_grads')
   cfg.check(jax.tree.leaves(stacked)[0].shape[0], x.shape[0])
-  m = cfg.num_microbatches
-  program = _map_stages(functools.partial(_forward_ticks, layer_fn, cfg), 3, replicated_from=1)
+  m, specs = cfg.num_microbatches, _specs(cfg)
+  program = jax.shard_map(
+      functools.partial(_forward_ticks, layer_fn, cfg, specs),
+      in_specs=(specs.staged, specs.microbatched, specs.microbatched),
+      out_specs=(specs.stage_microbatched, specs.staged, specs.staged), axis_names=set(specs.manual))
   buf, aux, useful = program(to_stages(stacked, cfg), split_microbatches(x, m),
                              split_microbatches(extras, m))
   return merge_microbatches(buf[-1]), jnp.sum(aux) / m, useful
 
 
-def _one_f_one_b_ticks(layer_fn: LayerFn, head_fn: HeadFn, cfg: PipelineConfig, aux_weight: float,
-                       staged, head_params, xs, extras, head_inputs):
-  """The 1F1B program of one stage: at tick t stage s runs the forward of microbatch (t - s) / 2
+def _one_f_one_b_ticks(layer_fn: LayerFn, head_fn: HeadFn, cfg: PipelineConfig, specs: _Specs,
+                       aux_weight: float, staged, head_params, xs, extras, head_inputs):
+  """The 1F1B program of one device: at tick t stage s runs the forward of microbatch (t - s) / 2
   when t - s is even, else the backward of microbatch (t - 2S + 1 + s) / 2; neighbours always run
   opposite kinds, so activations flow up and cotangents down one stage per tick."""
   s_count, m_count = cfg.stages, cfg.num_microbatches
   stage = jax.lax.axis_index(AXIS)
   is_last = stage == s_count - 1
-  params = jax.tree.map(lambda a: a[0, 0], staged)  # [K, ...]
-  # Differentiating a replicated value inside shard_map would psum its cotangent over stages, a
-  # collective only the last stage would reach; a per-stage copy keeps the head's grads local.
-  head_params = _varying(head_params)
+  # Per-device copies: gradients accumulate locally and are summed over batch shards once at the
+  # end (differentiating a replicated value would psum its cotangent inside the branch instead).
+  params = _varying(jax.tree.map(lambda a: a[0, 0], staged), specs.manual)  # [K, ...]
+  head_params = _varying(head_params, specs.manual)
   run_stage = _stage_fn(layer_fn)
   mb_stats = jax.eval_shape(
       lambda: head_fn(head_params, xs[0], jax.tree.map(lambda a: a[0], head_inputs))[1])
+  num_shards = jax.lax.psum(1, specs.batch_axes)
+  aux_cotangent = jnp.asarray(aux_weight / m_count, jnp.float32) / num_shards
 
   class Acc(NamedTuple):
     stash: jax.Array  # [S, mb, ...] stage inputs awaiting their backward, slot m % S
@@ -272,10 +317,11 @@ def _one_f_one_b_ticks(layer_fn: LayerFn, head_fn: HeadFn, cfg: PipelineConfig, 
 
     def passed_down():
       zeros = lambda t: jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), t)
-      return _varying((jnp.zeros((), jnp.float32), zeros(mb_stats), zeros(head_params), from_above))
+      return _varying((jnp.zeros((), jnp.float32), zeros(mb_stats), zeros(head_params), from_above),
+                      specs.manual)
 
     loss, stats, d_head, dy = jax.lax.cond(is_last, head_grad, passed_down)
-    d_params, dx = pullback((dy, jnp.asarray(aux_weight / m_count, jnp.float32)))
+    d_params, dx = pullback((dy, aux_cotangent))
     add = lambda a, b: jax.tree.map(jnp.add, a, b)
     return dx, acc._replace(
         grads=add(acc.grads, d_params), head_grads=add(acc.head_grads, d_head),
@@ -304,11 +350,13 @@ def _one_f_one_b_ticks(layer_fn: LayerFn, head_fn: HeadFn, cfg: PipelineConfig, 
   acc = Acc(stash=jnp.stack([blank] * s_count), grads=jax.tree.map(jnp.zeros_like, params),
             head_grads=jax.tree.map(jnp.zeros_like, head_params), dxs=jnp.zeros_like(xs),
             stats=stats, loss=jnp.zeros((), jnp.float32), aux=jnp.zeros((), jnp.float32))
-  init = (blank, blank, acc, jnp.zeros((), jnp.int32))
-  (_, _, acc, useful), _ = jax.lax.scan(tick, _varying(init), jnp.arange(cfg.ticks))
-  grads = jax.tree.map(lambda g: g[None, None], acc.grads)  # leaves shard_map as [S, R=1, K, ...]
-  return (grads, _per_stage(acc.head_grads), _per_stage(acc.dxs),
-          _per_stage(acc.stats), _per_stage(acc.loss), _per_stage(acc.aux), _per_stage(useful))
+  init = _varying((blank, blank, acc, jnp.zeros((), jnp.int32)), specs.manual)
+  (_, _, acc, useful), _ = jax.lax.scan(tick, init, jnp.arange(cfg.ticks))
+  total = lambda t: jax.lax.psum(t, specs.batch_axes)
+  grads = jax.tree.map(lambda g: g[None, None], total(acc.grads))  # [S, R=1, K, ...] outside
+  return (grads, _per_stage(total(acc.head_grads)), _per_stage(acc.dxs), _per_stage(acc.stats),
+          _per_stage(total(acc.loss)), _per_stage(jax.lax.pmean(acc.aux, specs.batch_axes)),
+          _per_stage(jax.lax.pmax(useful, specs.batch_axes)))
 
 
 def loss_and_grads(layer_fn: LayerFn, head_fn: HeadFn, cfg: PipelineConfig, stacked, head_params,
@@ -317,17 +365,24 @@ def loss_and_grads(layer_fn: LayerFn, head_fn: HeadFn, cfg: PipelineConfig, stac
   * aux` over the M microbatches, with any schedule.
 
   x [B, ...] is the stack input (e.g. embeddings), extras [B, ...] per-example side inputs every
-  layer sees (e.g. positions), head_inputs [B, ...] what the head needs (e.g. targets). Returns
-  (Stats, (stacked_grads, head_grads, x_grad)); x_grad lets the caller finish the backward of
-  whatever produced x.
+  layer sees (e.g. positions), head_inputs [B, ...] what the head needs (e.g. targets). head_fn
+  sees a microbatch, or its shard along `batch_axes` under 1F1B, and returns that part's additive
+  share of the loss (e.g. a sum of token losses times weights normalized over the whole batch) and
+  per-example stats. Returns (Stats, (stacked_grads, head_grads, x_grad)); x_grad lets the caller
+  finish the backward of whatever produced x.
   """
-  m = cfg.num_microbatches
   if cfg.schedule != '1f1b':
     return _autodiff_loss_and_grads(layer_fn, head_fn, cfg, stacked, head_params, x, extras,
                                     head_inputs, aux_weight)
   cfg.check(jax.tree.leaves(stacked)[0].shape[0], x.shape[0])
-  program = _map_stages(functools.partial(_one_f_one_b_ticks, layer_fn, head_fn, cfg, aux_weight),
-                        5, replicated_from=1)
+  m, specs = cfg.num_microbatches, _specs(cfg)
+  program = jax.shard_map(
+      functools.partial(_one_f_one_b_ticks, layer_fn, head_fn, cfg, specs, aux_weight),
+      in_specs=(specs.staged, specs.replicated, specs.microbatched, specs.microbatched,
+                specs.microbatched),
+      out_specs=(specs.staged, specs.staged, specs.stage_microbatched, specs.stage_microbatched,
+                 specs.staged, specs.staged, specs.staged),
+      axis_names=set(specs.manual))
   grads, head_grads, dxs, stats, loss, aux, useful = program(
       to_stages(stacked, cfg), head_params, split_microbatches(x, m),
       split_microbatches(extras, m), split_microbatches(head_inputs, m))
