@@ -19,7 +19,10 @@ Schedules (S stages, M microbatches, R repeats), in ticks of one stage-step each
             stage forward from the stashed input (`jax.vjp`), the last stage applies the head, and
             parameter gradients accumulate on their own stage.
 
-A tick whose stage has no microbatch to work on is a bubble; `lax.cond` skips its compute.
+A tick whose stage has no microbatch to work on is a bubble; `lax.cond` skips its compute. With
+`skip_bubbles=False` (gpipe/circular) bubble ticks compute on zeros instead, as GSPMD pipelines do:
+no conditional on the device (XLA:GPU reads a cond's predicate back to the host), and on fake CPU
+devices the time difference between the two measures the bubble (benchmarks/pipeline.py).
 `pollute_bubbles` fills bubble state with NaN (praxis' polluting_bubbles_with_nan) so tests can
 prove bubbles never reach outputs or gradients.
 
@@ -55,6 +58,7 @@ class PipelineConfig:
   repeats: int = 1
   remat: bool = True  # gpipe/circular: keep only each tick's stage input for the backward
   pollute_bubbles: bool = False
+  skip_bubbles: bool = True  # 1f1b always skips: its ticks choose between forward and backward
   batch_axes: tuple[str, ...] = ('data',)  # mesh axes that split the batch
 
   def __post_init__(self):
@@ -221,10 +225,13 @@ def _forward_ticks(layer_fn: LayerFn, cfg: PipelineConfig, specs: _Specs, staged
   def step(params, extras, work, x):
     """One tick; indexing params and extras inside the remat keeps only x per tick for backward."""
     repeat, mb, valid = work
-    run = lambda: run_stage(jax.tree.map(lambda a: a[repeat], params), x, extras[mb])
-    skip = lambda: (x, jnp.zeros((), jnp.float32))
-    return jax.lax.cond(valid, lambda: _varying(run(), specs.manual),
-                        lambda: _varying(skip(), specs.manual))
+    run = lambda x: _varying(
+        run_stage(jax.tree.map(lambda a: a[repeat], params), x, extras[mb]), specs.manual)
+    if not cfg.skip_bubbles:
+      # Zeros, not the bubble's state: a NaN input would give NaN * 0 in the backward.
+      return run(jnp.where(valid, x, 0))
+    skip = lambda x: _varying((x, jnp.zeros((), jnp.float32)), specs.manual)
+    return jax.lax.cond(valid, run, skip, x)
 
   if cfg.remat:
     step = jax.checkpoint(step)
@@ -243,7 +250,7 @@ def _forward_ticks(layer_fn: LayerFn, cfg: PipelineConfig, specs: _Specs, staged
     done = (t - (s_count - 1)) % m_count
     arrived = jnp.where(stage == 0, received, out)
     buf = buf.at[done].set(jnp.where(t >= s_count - 1, arrived, buf[done]))
-    return (received, buf, aux + layer_aux, useful + valid), None
+    return (received, buf, aux + jnp.where(valid, layer_aux, 0), useful + valid), None
 
   buf = jnp.where(stage == 0, xs, _blank(xs, cfg))
   init = (_blank(xs[0], cfg), buf, jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32))
