@@ -51,7 +51,8 @@ HeadFn = Callable[[Any, jax.Array, Any], tuple[jax.Array, Any]]
 
 @dataclasses.dataclass(frozen=True)
 class PipelineConfig:
-  """`stages` is config `parallel.stage`; the rest is config `pipeline.*`."""
+  """`stages` is config `parallel.stage` (0: the active mesh's, see `for_mesh`); the rest is config
+  `pipeline.*`."""
   stages: int
   schedule: str = 'gpipe'
   microbatches: int = 0  # 0 means 2 * stages (MaxText's default)
@@ -64,7 +65,7 @@ class PipelineConfig:
   def __post_init__(self):
     if self.schedule not in SCHEDULES:
       raise ValueError(f'pipeline.schedule={self.schedule!r}; choose one of {SCHEDULES}')
-    if self.stages < 1:
+    if self.stages < 0:
       raise ValueError(f'parallel.stage must be >= 1 for a pipeline, got {self.stages}')
     if self.microbatches < 0:
       raise ValueError(f'pipeline.microbatches must be >= 0 (0: 2 * stages), got {self.microbatches}')
@@ -73,6 +74,8 @@ class PipelineConfig:
     if self.repeats > 1 and self.schedule != 'circular':
       raise ValueError(f'pipeline.repeats={self.repeats} needs pipeline.schedule="circular", '
                        f'got {self.schedule!r}')
+    if not self.stages:
+      return  # the checks below wait for `for_mesh`
     if self.schedule == 'circular' and self.num_microbatches < self.stages:
       raise ValueError(f'pipeline.microbatches={self.num_microbatches} must be >= parallel.stage='
                        f'{self.stages} for the circular schedule (a microbatch re-enters stage 0 '
@@ -80,6 +83,12 @@ class PipelineConfig:
     if self.schedule == '1f1b' and self.num_microbatches < self.stages:
       raise ValueError(f'pipeline.microbatches={self.num_microbatches} must be >= parallel.stage='
                        f'{self.stages} for the 1f1b schedule')
+
+  def for_mesh(self) -> 'PipelineConfig':
+    """This config with `stages` taken from the active mesh when it was left 0."""
+    if self.stages:
+      return self
+    return dataclasses.replace(self, stages=jax.sharding.get_abstract_mesh().shape.get(AXIS, 1))
 
   @property
   def num_microbatches(self) -> int:
@@ -265,6 +274,7 @@ def forward(layer_fn: LayerFn, cfg: PipelineConfig, stacked, x, extras):
 
   Returns (y, aux, useful_ticks): aux is summed over layers and averaged over microbatches.
   """
+  cfg = cfg.for_mesh()
   if cfg.schedule == '1f1b':
     raise ValueError('pipeline.schedule="1f1b" interleaves the backward: use loss_and_grads')
   cfg.check(jax.tree.leaves(stacked)[0].shape[0], x.shape[0])
@@ -378,6 +388,7 @@ def loss_and_grads(layer_fn: LayerFn, head_fn: HeadFn, cfg: PipelineConfig, stac
   per-example stats. Returns (Stats, (stacked_grads, head_grads, x_grad)); x_grad lets the caller
   finish the backward of whatever produced x.
   """
+  cfg = cfg.for_mesh()
   if cfg.schedule != '1f1b':
     return _autodiff_loss_and_grads(layer_fn, head_fn, cfg, stacked, head_params, x, extras,
                                     head_inputs, aux_weight)
@@ -425,11 +436,24 @@ def nnx_layer_fn(graphdef) -> LayerFn:
   return apply
 
 
-def stack_runner(cfg: PipelineConfig):
-  """A `Decoder.stack_runner`: runs the stacked layers as a gpipe/circular pipeline."""
+@dataclasses.dataclass(frozen=True)
+class StackRunner:
+  """A `Decoder.stack_runner` that runs the stacked layers as a pipeline. Hashable, so it can sit
+  in an nnx graphdef. With the 1f1b schedule it runs gpipe's forward (evaluation); training steps
+  go through `loss_and_grads` instead."""
+  cfg: PipelineConfig
 
-  def run(graphdef, stacked_state, x, positions):
+  def __call__(self, graphdef, stacked_state, x, positions):
+    cfg = self.cfg.for_mesh()
+    if cfg.schedule == '1f1b':
+      cfg = dataclasses.replace(cfg, schedule='gpipe')
     y, aux, _ = forward(nnx_layer_fn(graphdef), cfg, stacked_state, x, positions)
     return y, aux
 
-  return run
+
+def batch_axes(rules) -> tuple[str, ...]:
+  """The mesh axes of the first 'act_batch' rule: where a pipeline's microbatches are split."""
+  for name, axes in rules:
+    if name == 'act_batch':
+      return tuple(axes) if isinstance(axes, (tuple, list)) else (axes,) if axes else ()
+  return ()

@@ -102,9 +102,9 @@ def test_circular_and_plain_stack_runners_match_the_scan(decoder):
   expected, _ = jax.jit(lambda m: m(inputs))(model)
   mesh = make_mesh({'stage': 2, 'data': -1})
   for schedule, repeats in (('gpipe', 1), ('circular', 2)):
-    cfg = pipeline.PipelineConfig(stages=2, schedule=schedule, microbatches=2, repeats=repeats,
-                                  pollute_bubbles=True)
-    model.stack_runner = pipeline.stack_runner(cfg)
+    cfg = pipeline.PipelineConfig(stages=0, schedule=schedule, microbatches=2, repeats=repeats,
+                                  pollute_bubbles=True)  # stages from the mesh
+    model.stack_runner = pipeline.StackRunner(cfg)
     with jax.set_mesh(mesh), use_rules(RULES):
       logits, _ = jax.jit(lambda m: m(inputs))(model)
     model.stack_runner = None
