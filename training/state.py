@@ -8,6 +8,7 @@ import optax
 from flax import nnx
 
 from models import transformer
+from parallel import pipeline
 from parallel.sharding import tree_shardings
 
 
@@ -18,7 +19,11 @@ def decoder_config(config) -> transformer.DecoderConfig:
 
 def make_model(config, key: jax.Array) -> nnx.Module:
   if config.model.kind == 'decoder':
-    return transformer.Decoder(decoder_config(config), nnx.Rngs(params=key))
+    model = transformer.Decoder(decoder_config(config), nnx.Rngs(params=key))
+    if config.parallel.stage != 1:  # stages over the mesh's stage axis
+      model.stack_runner = pipeline.StackRunner(pipeline.PipelineConfig(
+          stages=0, batch_axes=pipeline.batch_axes(config.parallel.rules), **config.pipeline))
+    return model
   raise ValueError(f'model.kind={config.model.kind!r} is unknown')
 
 
