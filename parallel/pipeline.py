@@ -66,9 +66,10 @@ class PipelineConfig:
     if self.schedule not in SCHEDULES:
       raise ValueError(f'pipeline.schedule={self.schedule!r}; choose one of {SCHEDULES}')
     if self.stages < 0:
-      raise ValueError(f'parallel.stage must be >= 1 for a pipeline, got {self.stages}')
+      raise ValueError(f'parallel.stage must be >= 1 (0: from the mesh), got {self.stages}')
     if self.microbatches < 0:
-      raise ValueError(f'pipeline.microbatches must be >= 0 (0: 2 * stages), got {self.microbatches}')
+      raise ValueError(f'pipeline.microbatches must be >= 0 (0: 2 x stages), got '
+                       f'{self.microbatches}')
     if self.repeats < 1:
       raise ValueError(f'pipeline.repeats must be >= 1, got {self.repeats}')
     if self.repeats > 1 and self.schedule != 'circular':
@@ -121,8 +122,8 @@ class PipelineConfig:
     shards = math.prod(mesh.shape.get(a, 1) for a in self.batch_axes)
     if (batch_size // self.num_microbatches) % shards:
       raise ValueError(f'microbatches of {batch_size // self.num_microbatches} examples (batch '
-                       f'{batch_size} / pipeline.microbatches={self.num_microbatches}) do not split '
-                       f'over the {shards} devices of batch axes {self.batch_axes}')
+                       f'{batch_size} / pipeline.microbatches={self.num_microbatches}) do not '
+                       f'split over the {shards} devices of batch axes {self.batch_axes}')
 
 
 class Stats(NamedTuple):
@@ -282,7 +283,8 @@ def forward(layer_fn: LayerFn, cfg: PipelineConfig, stacked, x, extras):
   program = jax.shard_map(
       functools.partial(_forward_ticks, layer_fn, cfg, specs),
       in_specs=(specs.staged, specs.microbatched, specs.microbatched),
-      out_specs=(specs.stage_microbatched, specs.staged, specs.staged), axis_names=set(specs.manual))
+      out_specs=(specs.stage_microbatched, specs.staged, specs.staged),
+      axis_names=set(specs.manual))
   buf, aux, useful = program(to_stages(stacked, cfg), split_microbatches(x, m),
                              split_microbatches(extras, m))
   return merge_microbatches(buf[-1]), jnp.sum(aux) / m, useful
