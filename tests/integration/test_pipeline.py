@@ -17,6 +17,7 @@ from models.transformer import Decoder, DecoderConfig, scan_stack
 from parallel import pipeline
 from parallel.mesh import make_mesh
 from parallel.sharding import use_rules
+from tests.helpers import losses, tiny_config, train
 from training import pipelined
 from training.step import lm_loss
 
@@ -70,7 +71,10 @@ def test_loss_and_grads_match_sequential_scan(decoder, sequential, schedule, sta
   assert_trees_close(pipe_grads, grads, atol=1e-5)
 
 
-@pytest.mark.parametrize('schedule, repeats', [('gpipe', 1), ('circular', 2)])
+@pytest.mark.parametrize('schedule, repeats', [
+    pytest.param('gpipe', 1, marks=pytest.mark.slow),
+    ('circular', 2),
+])
 def test_forward_matches_scan_and_works_once_per_microbatch(decoder, schedule, repeats):
   model, tokens = decoder
   graphdef, layers = nnx.split(model.layers)
@@ -124,3 +128,22 @@ def test_bad_shapes_name_the_key(num_layers, batch, stages, key):
   with jax.set_mesh(make_mesh({'stage': 2, 'data': -1})):
     with pytest.raises(ValueError, match=key):
       cfg.check(num_layers, batch)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('schedule', ['gpipe', '1f1b'])
+def test_trainer_with_stages_matches_data_parallel_and_resumes(tmp_path, schedule):
+  def config(steps, **parallel):
+    c = tiny_config(train__steps=steps, train__log_every=1, train__batch_size=16,
+                    eval__batch_size=16, checkpoint__every=2, optim__decay_steps=4)
+    c.parallel.update(parallel)
+    c.pipeline.update(schedule=schedule, microbatches=2)
+    return c
+
+  train(config(4), tmp_path / 'data_parallel')
+  train(config(4, stage=2, data=4), tmp_path / 'full')
+  train(config(2, stage=2, data=4), tmp_path / 'resumed')
+  train(config(4, stage=2, data=4), tmp_path / 'resumed')
+  np.testing.assert_allclose(losses(tmp_path / 'full'), losses(tmp_path / 'data_parallel'),
+                             rtol=1e-5)
+  assert losses(tmp_path / 'resumed') == losses(tmp_path / 'full')
