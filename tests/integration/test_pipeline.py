@@ -3,7 +3,8 @@
 The reference is the trainer's own loss (`training.step.lm_loss`, PAD targets masked) run by the
 decoder's scan; the pipelined side is the trainer's 1F1B-capable path (`training.pipelined`).
 Every pipelined run fills its bubbles with NaN, so a single bubble value reaching the loss, the
-per-example losses or any gradient makes the comparison fail.
+per-example losses or any gradient makes the comparison fail. The slow test trains with stages
+through `main.py`'s trainer and resumes.
 """
 
 import jax
