@@ -18,7 +18,7 @@ bubble_measured_vs_analytic: the bubble fraction of gpipe and circular forward p
   inputs and runs the head per microbatch on the last stage. `growth_per_microbatch` is the slope
   of temp memory in M, in units of one stage input; 1F1B's remainder is its [M] input-cotangent
   buffer, which the step returns.
-""""""
+"""
 
 import os
 import sys
