@@ -59,7 +59,7 @@ def main():
   fixed = jax.jit(step_lib.make_update(graphdef, curriculum, 0.0), donate_argnums=(0, 1))
   idx, batch = jnp.arange(b), pool.tokens[:b]
 
-  carry = {'ours': (state, cstate), 'fixed': (jax.tree.map(jnp.copy, state), cstate)}
+  carry = {'ours': (state, cstate), 'fixed': jax.tree.map(jnp.copy, (state, cstate))}
 
   def run_ours():
     s, c, m = ours(*carry['ours'], pool)

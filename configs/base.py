@@ -7,7 +7,7 @@ not exist is an error, never a silent new key.
 
 import ml_collections
 
-CURRICULUM_KINDS = ('uniform', 'ordered', 'phased')
+CURRICULUM_KINDS = ('uniform', 'ordered', 'phased', 'tournament')
 MODEL_KINDS = ('decoder',)
 DATA_MODES = ('pool', 'stream')
 CORPORA = ('shakespeare', 'kjv')
@@ -36,7 +36,7 @@ def get_config():
   c = ml_collections.ConfigDict()
 
   c.model = ml_collections.ConfigDict(dict(
-      kind='decoder', vocab_size=264, num_layers=4, d_model=128, num_heads=4, mlp_dim=512,
+      kind='decoder', vocab_size=264, num_layers=4, d_model=128, num_heads=4, mlp_dim=384,
       max_len=256, rope_base=10000.0, dtype='float32', param_dtype='float32', remat='none',
       init_scale=0.02))
 
@@ -45,6 +45,7 @@ def get_config():
       seq_len=128,
       mode='pool',  # pool: device-resident, gathered in the step; stream: grain over ArrayRecord
       data_dir='',  # '' = $PACELINE_DATA_DIR or ~/.cache/paceline/tfds
+      score='none',  # pool.score of the train split: none | length | ngram (data/scores.py)
   ))
 
   c.curriculum = ml_collections.ConfigDict(dict(
@@ -52,6 +53,10 @@ def get_config():
       seed=0,
       steps_per_source=100,  # phased
       source_order=(),  # phased; empty = sources in corpus order
+      order='',  # ordered: a name in curriculum.ordering.ORDERS ('' = corpus order)
+      order_args=ml_collections.ConfigDict(),  # ordered: keyword arguments of that order
+      replan_every=0,  # tournament: re-plan every P steps (a multiple of steps_per_source); 0 = once
+      plan_batch_size=16,  # tournament: examples per source (and per source in the target batch)
   ))
 
   c.optim = ml_collections.ConfigDict(dict(
@@ -67,12 +72,12 @@ def get_config():
   c.checkpoint = ml_collections.ConfigDict(dict(every=500, max_to_keep=2, async_save=True))
 
   c.train = ml_collections.ConfigDict(dict(
-      steps=1000, batch_size=32, log_every=50, seed=0,
+      steps=1100, batch_size=32, log_every=50, seed=0,
       max_nonfinite=5,  # stop after this many non-finite steps in a row (checked at log steps)
       peak_flops=0.0,  # per device; 0 = published peak on known accelerators, measured on CPU
       progress=True))
 
-  c.eval = ml_collections.ConfigDict(dict(every=500, batches=16, batch_size=32))
+  c.eval = ml_collections.ConfigDict(dict(every=250, batches=8, batch_size=32))
   return c
 
 
@@ -98,6 +103,9 @@ def validate(c, num_devices: int) -> dict:
   for corpus in c.data.corpus.split(','):
     if corpus not in CORPORA:
       raise ValueError(f'data.corpus: unknown corpus {corpus!r}; choose from {list(CORPORA)}')
+  if c.data.mode == 'stream' and c.data.score != 'none':
+    raise ValueError(f"data.score={c.data.score!r} needs data.mode='pool': scores are computed "
+                     'over the whole pool in memory')
   if c.optim.lr <= 0:
     raise ValueError(f'optim.lr must be > 0, got {c.optim.lr}')
   if c.data.seq_len > c.model.max_len:

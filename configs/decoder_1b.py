@@ -16,7 +16,7 @@ def get_config(arg=None):
   c.data.update(corpus='shakespeare,kjv', seq_len=2048)
   c.parallel.update(data=1, fsdp=-1)
   c.optim.update(lr=3e-4, warmup_steps=2000)
-  c.train.update(steps=100_000, batch_size=256, log_every=100)
+  c.train.update(steps=100_000, batch_size=64, log_every=100)
   c.checkpoint.every = 1000
-  c.eval.update(every=1000, batches=8, batch_size=256)
+  c.eval.update(every=1000, batches=8, batch_size=64)
   return c

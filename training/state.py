@@ -3,7 +3,6 @@
 import dataclasses
 
 import jax
-import jax.numpy as jnp
 import optax
 from flax import nnx
 
@@ -29,9 +28,9 @@ def make_model(config, key: jax.Array) -> nnx.Module:
 
 def learning_rate(config) -> optax.Schedule:
   o = config.optim
-  decay_steps = o.decay_steps or config.train.steps
-  return optax.warmup_cosine_decay_schedule(0.0, o.lr, min(o.warmup_steps, decay_steps),
-                                            max(decay_steps, 1), o.lr * o.min_lr_ratio)
+  decay_steps = max(o.decay_steps or config.train.steps, 1)
+  warmup = min(o.warmup_steps, decay_steps - 1)  # optax needs at least one cosine step
+  return optax.warmup_cosine_decay_schedule(0.0, o.lr, warmup, decay_steps, o.lr * o.min_lr_ratio)
 
 
 def make_tx(config) -> optax.GradientTransformation:
@@ -72,8 +71,3 @@ def param_count(state) -> int:
   model_state = state[0]
   return sum(x.size for x in jax.tree.leaves(model_state.filter(nnx.Param)))
 
-
-def nonfinite_streak(state) -> jax.Array:
-  """Consecutive non-finite steps so far, read from optax.apply_if_finite's state."""
-  opt_state = state[1]['opt_state']
-  return opt_state['notfinite_count'][...] if isinstance(opt_state, dict) else jnp.int32(0)

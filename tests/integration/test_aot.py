@@ -3,8 +3,10 @@
 import jax
 from flax import nnx
 
-from configs import decoder_1b
+from configs import base, decoder_1b
 from models import transformer
+from parallel import sharding
+from parallel.mesh import make_mesh
 from training import aot, state as state_lib
 
 
@@ -18,3 +20,13 @@ def test_decoder_1b_compiles_and_its_state_is_split_over_the_devices():
   per_device_state = 12 * params / 8
   assert per_device_state < mem.argument_size_in_bytes < 1.1 * per_device_state + 64e6
   assert 0 < mem.temp_size_in_bytes < 16e9
+
+
+def test_decoder_1b_is_sufficiently_sharded():
+  """MaxText's check: at most 2% of parameter elements replicated on a mesh that could shard them."""
+  config = decoder_1b.get_config()
+  config.parallel.update(fsdp=4, tensor=2)
+  mesh = make_mesh(base.validate(config, 8))
+  _, abstract, shardings = state_lib.abstract_state(config, mesh, config.parallel.rules)
+  model_shardings, model_shapes = shardings[0], abstract[0]
+  assert sharding.replicated_fraction(model_shardings, model_shapes) < 0.02

@@ -2,8 +2,11 @@
 
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -75,3 +78,24 @@ def test_incompatible_config_on_resume_names_the_key(tmp_path):
   more = tiny_config(train__steps=4, train__log_every=1)
   more.parallel.update(data=2, fsdp=4)
   assert loop.Trainer(more, str(tmp_path)).initial_state()[0] == 2
+
+
+def test_sigterm_saves_and_the_rerun_resumes(tmp_path):
+  args = [sys.executable, 'main.py', '--config', 'configs/default.py:tiny', '--workdir',
+          str(tmp_path), '--config.train.steps=100000', '--config.train.log_every=1',
+          '--config.checkpoint.every=100000']
+  proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  metrics = tmp_path / 'metrics.jsonl'
+  deadline = time.time() + 300
+  while time.time() < deadline and (not metrics.exists() or
+                                    len(metrics.read_text().splitlines()) < 3):
+    time.sleep(0.5)
+  proc.send_signal(signal.SIGTERM)
+  out, err = proc.communicate(timeout=300)
+  assert proc.returncode == 0, err[-2000:]
+  saved = int(re.search(r'SIGTERM: saved step (\d+)', out).group(1))
+  assert sorted(os.listdir(tmp_path / 'checkpoints')) == [str(saved)]
+  r = main_py(*args[2:-3], f'--config.train.steps={saved + 2}', '--config.train.log_every=1')
+  assert r.returncode == 0, r.stderr[-2000:]
+  steps = [json.loads(line)['step'] for line in metrics.read_text().splitlines()]
+  assert steps[-2:] == [saved + 1, saved + 2]
