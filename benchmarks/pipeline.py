@@ -8,8 +8,9 @@ bubble_measured_vs_analytic: the bubble fraction of gpipe and circular forward p
   - `measured_timing`: from time. The same pipeline runs with bubble ticks skipped (`lax.cond`)
     and with bubble ticks computing on zeros; fake CPU devices share the host's cores, so wall
     time follows the total work of all devices, and 1 - t_skip / t_compute estimates the share of
-    bubble work. On a 2-core host the 8 device threads oversubscribe the cores when every stage
-    computes, so this estimate runs high; it is reported, not the headline.
+    bubble work. Per-tick fixed costs (the neighbour exchange, buffer writes) are paid by bubble
+    ticks too, which biases it low; at the --quick sizes a tick is so short that those costs and
+    8 device threads oversubscribing 2 cores make it erratic. Reported, not the headline.
 1f1b_vs_gpipe_memory: XLA's temporary memory per device (`compile().memory_analysis()`) of one
   training step (loss and gradients) with 1F1B and with GPipe (remat of each tick, the cheapest
   GPipe), at a fixed microbatch size for M = S and M = 4S (and 2S without --quick). GPipe keeps
