@@ -74,6 +74,9 @@ def get_config():
   c.parallel = ml_collections.ConfigDict(dict(
       data=-1, stage=1, fsdp=1, expert=1, tensor=1, rules=DEFAULT_RULES))
 
+  # Used when parallel.stage != 1; schedule gpipe | circular | 1f1b, microbatches 0 = 2 x stages.
+  c.pipeline = ml_collections.ConfigDict(dict(schedule='gpipe', microbatches=0, repeats=1))
+
   c.checkpoint = ml_collections.ConfigDict(dict(every=500, max_to_keep=2, async_save=True))
 
   c.train = ml_collections.ConfigDict(dict(
@@ -129,4 +132,29 @@ def validate(c, num_devices: int) -> dict:
   if c.model.num_layers % sizes['stage']:
     raise ValueError(f'model.num_layers={c.model.num_layers} is not divisible by '
                      f'parallel.stage={sizes["stage"]}')
+  if c.parallel.stage != 1:
+    _validate_pipeline(c, sizes)
   return sizes
+
+
+def _validate_pipeline(c, sizes):
+  import jax
+  from parallel.pipeline import PipelineConfig
+
+  if c.model.kind != 'decoder':
+    raise ValueError(f"parallel.stage={c.parallel.stage} needs model.kind='decoder' (pipeline "
+                     f'stages are not wired into {c.model.kind!r})')
+  inner = [a for a in ('fsdp', 'expert', 'tensor') if sizes[a] > 1]
+  if inner and jax.default_backend() == 'cpu':
+    # Collectives inside the bubble-skipping branches wait forever on the CPU runtime.
+    raise ValueError(f'parallel.stage > 1 with parallel.{inner[0]} > 1 hangs on CPU devices; '
+                     'use stage x data meshes here')
+  pipe = PipelineConfig(stages=sizes['stage'], **c.pipeline)  # raises naming pipeline.* keys
+  if c.model.num_layers % (pipe.stages * pipe.repeats):
+    raise ValueError(f'model.num_layers={c.model.num_layers} is not divisible by parallel.stage='
+                     f'{pipe.stages} x pipeline.repeats={pipe.repeats}')
+  for key in ('train.batch_size', 'eval.batch_size'):
+    section, name = key.split('.')
+    if c[section][name] % (pipe.num_microbatches * sizes['data'] * sizes['fsdp']):
+      raise ValueError(f'{key}={c[section][name]} does not split into pipeline.microbatches='
+                       f'{pipe.num_microbatches} of parallel.data x parallel.fsdp shards')

@@ -68,7 +68,9 @@ def constrain(x: jax.Array, logical: Sequence[str | None]) -> jax.Array:
   mesh = jax.sharding.get_abstract_mesh()
   if rules is None or mesh.empty:
     return x
-  return jax.lax.with_sharding_constraint(x, logical_to_spec(logical, rules, dict(mesh.shape)))
+  # Inside shard_map (pipeline stages) the manual axes are already split; only the rest can shard.
+  shape = {a: 1 if a in mesh.manual_axes else s for a, s in mesh.shape.items()}
+  return jax.lax.with_sharding_constraint(x, logical_to_spec(logical, rules, shape))
 
 
 def replicated_fraction(shardings, shapes) -> float:

@@ -7,6 +7,7 @@ import optax
 from flax import nnx
 
 from models import moe, reversible, transformer
+from parallel import pipeline
 from parallel.sharding import tree_shardings
 
 
@@ -22,7 +23,11 @@ def reversible_config(config) -> reversible.ReversibleConfig:
 
 def make_model(config, key: jax.Array) -> nnx.Module:
   if config.model.kind == 'decoder':
-    return transformer.Decoder(decoder_config(config), nnx.Rngs(params=key))
+    model = transformer.Decoder(decoder_config(config), nnx.Rngs(params=key))
+    if config.parallel.stage != 1:  # stages over the mesh's stage axis
+      model.stack_runner = pipeline.StackRunner(pipeline.PipelineConfig(
+          stages=0, batch_axes=pipeline.batch_axes(config.parallel.rules), **config.pipeline))
+    return model
   if config.model.kind == 'moe':
     return transformer.Decoder(decoder_config(config, moe.MoEConfig), nnx.Rngs(params=key),
                                block_factory=moe.MoEBlock)

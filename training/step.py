@@ -12,6 +12,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from curriculum.api import Curriculum, Feedback
 from data.text import PAD
 from parallel.sharding import constrain, logical_to_spec
+from training import pipelined
 
 
 def token_nll(logits: jax.Array, targets: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -39,6 +40,8 @@ def make_update(graphdef, curriculum: Curriculum, aux_coef: float) -> Callable:
   def update(state, cstate, idx, tokens):
     model, opt = nnx.merge(graphdef, state)
     grad_fn = nnx.value_and_grad(lambda m: lm_loss(m, tokens, aux_coef), has_aux=True)
+    if pipelined.uses_1f1b(model):  # the backward runs inside the pipeline schedule
+      grad_fn = lambda m: pipelined.lm_value_and_grad(m, tokens, aux_coef)
     (_, (loss, per_example, counts)), grads = grad_fn(model)
     opt.update(model, grads)  # optax.apply_if_finite skips non-finite gradients
     finite = opt.opt_state.last_finite[...]
