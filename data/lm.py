@@ -104,6 +104,7 @@ def builder(corpus: str, seq_len: int, data_dir: str = '') -> tfds.core.DatasetB
   config = name if name in predefined else WindowConfig(name=name, seq_len=seq_len)
   b = cls(config=config, data_dir=data_dir or default_data_dir(),
                        file_format='array_record')
+  tfds.display_progress_bar(False)  # a one-off build; its bars would bury the training log
   b.download_and_prepare()
   return b
 
