@@ -144,9 +144,9 @@ def cluster_bandit(cluster: np.ndarray, batch_size: int, reward: str = 'progress
   cluster_of = jnp.asarray(cluster)
 
   def init(key):
-    zeros = jnp.zeros((num_clusters,), jnp.float32)
-    return BanditState(key, jnp.int32(0), zeros, zeros, jnp.zeros((num_clusters,), jnp.int32),
-                       zeros, zeros)
+    # Distinct buffers per field: the train step donates the state.
+    zeros = lambda dtype=jnp.float32: jnp.zeros((num_clusters,), dtype)
+    return BanditState(key, jnp.int32(0), zeros(), zeros(), zeros(jnp.int32), zeros(), zeros())
 
   def next_batch(state):
     k_theta, k_members = jax.random.split(jax.random.fold_in(state.key, state.step))
