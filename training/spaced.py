@@ -7,6 +7,7 @@ Arms are picked by `curriculum.kind` (uniform | spaced) and `curriculum.pool` (f
 random: K*l random rows clustered like the reduced pool).
 """
 
+import functools
 import json
 import os
 import time
@@ -25,6 +26,7 @@ from parallel.mesh import make_mesh
 from training import grpo
 
 POOLS = ('full', 'reduced', 'random')
+_solver = functools.cache(grpo.make_solver)  # one compilation per model and sampling setting
 KINDS = ('uniform', 'spaced')
 
 
@@ -63,7 +65,7 @@ def warm_up(graphdef, params, problems: dict, config):
 def solve_rates(graphdef, params, problems: dict, config, group_size: int, temperature: float,
                 key) -> np.ndarray:
   """Mean exact match over `group_size` samples per problem: [N]."""
-  solver = grpo.make_solver(graphdef, group_size, config.grpo.answer_len, temperature)
+  solver = _solver(graphdef, group_size, config.grpo.answer_len, temperature)
   correct = grpo.solve_all(solver, params, jnp.asarray(problems['prompts']),
                            jnp.asarray(problems['answers']), key, config.train.eval_batch_size)
   return np.asarray(jnp.mean(correct, axis=-1))
