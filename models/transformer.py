@@ -63,13 +63,13 @@ class DecoderConfig:
 
 def param(rngs: nnx.Rngs, shape, axes, scale: float, dtype) -> nnx.Param:
   value = scale * jax.random.normal(rngs.params(), shape, dtype)
-  return nnx.Param(value, sharding_names=axes)
+  return nnx.Param(value, out_sharding=axes)
 
 
 class RMSNorm(nnx.Module):
 
   def __init__(self, dim: int, param_dtype, eps: float = 1e-6):
-    self.scale = nnx.Param(jnp.ones((dim,), param_dtype), sharding_names=('embed',))
+    self.scale = nnx.Param(jnp.ones((dim,), param_dtype), out_sharding=('embed',))
     self.eps = eps
 
   def __call__(self, x):
@@ -192,7 +192,10 @@ class Decoder(nnx.Module):
     self.stack_runner: Optional[Callable] = None
 
   def embed_tokens(self, tokens):
-    x = jnp.take(self.embed[...], tokens, axis=0).astype(DTYPES[self.cfg.dtype])
+    # Gathering rows of a sharded table makes GSPMD replicate it anyway, with a warning and an
+    # extra copy; all-gathering it first (as FSDP does for every weight) is the clean path.
+    table = constrain(self.embed[...], (None, None))
+    x = jnp.take(table, tokens, axis=0).astype(DTYPES[self.cfg.dtype])
     return constrain(x, ('act_batch', 'act_len', 'act_embed'))
 
   def run_layers(self, x, positions):
