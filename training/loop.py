@@ -266,4 +266,7 @@ class Trainer:
 
 
 def run(config, workdir: str, devices=None) -> dict:
+  if 'grpo' in config:  # RL fine-tuning with verifiable rewards (SPaCe) has its own loop
+    from training.spaced import run_spaced
+    return run_spaced(config, workdir)
   return Trainer(config, workdir, devices).run()
