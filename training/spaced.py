@@ -1,7 +1,7 @@
 """SPaCe end to end: supervised warm-up, reference solve rates, pool reduction, then GRPO driven by
-the curriculum. `run_spaced(config, workdir)` is what `main.py` calls for `curriculum.kind` in
-{'spaced', 'uniform'} with a `grpo` section; the stages are public so that experiments can share a
-warm-up between arms.
+the curriculum. `training.loop.run` hands every config with a `grpo` section to
+`run_spaced(config, workdir)`, so `main.py --config configs/spaced_arith.py` runs it; the stages
+are public so that experiments can share a warm-up between arms.
 
 Arms are picked by `curriculum.kind` (uniform | spaced) and `curriculum.pool` (full | reduced |
 random: K*l random rows clustered like the reduced pool).
