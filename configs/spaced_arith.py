@@ -18,7 +18,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.curriculum = dict(kind='spaced', pool='reduced', reward='progress', sigma0=0.3, ema_decay=0.9,
                       progress_weight=1.0, discount=1.0)
   c.grpo = dict(group_size=8, answer_len=8, temperature=1.0, clip_eps=0.2, kl_coef=0.0,
-                batch_size=8, learning_rate=3e-4)
+                batch_size=8, learning_rate=3e-4, updates_per_batch=1)
   c.train = dict(steps=200, log_every=10, eval_every=20, eval_batch_size=200, seed=0)
   c.parallel = dict(data=-1)
   if arg == 'quick':

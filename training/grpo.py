@@ -37,6 +37,7 @@ class GRPOConfig:
   clip_eps: float = 0.2
   kl_coef: float = 0.0  # > 0 adds the k3 KL estimate to a frozen reference policy
   adv_eps: float = 1e-6
+  updates_per_batch: int = 1  # optimizer steps on one batch of rollouts; > 1 makes the clip bite
 
   def __post_init__(self):
     if self.group_size < 2:
@@ -44,6 +45,8 @@ class GRPOConfig:
                        f'got {self.group_size}')
     if self.temperature <= 0:
       raise ValueError(f'grpo.temperature must be > 0 for training, got {self.temperature}')
+    if self.updates_per_batch < 1:
+      raise ValueError(f'grpo.updates_per_batch must be >= 1, got {self.updates_per_batch}')
     if self.answer_len < 2:
       raise ValueError(f'grpo.answer_len must be >= 2, got {self.answer_len}')
     if self.clip_eps <= 0 or self.kl_coef < 0:
@@ -161,15 +164,23 @@ def make_grpo_step(graphdef, tx: optax.GradientTransformation, curriculum: Curri
                             cfg.kl_coef)
       return jnp.mean(per_seq), per_seq
 
-    (loss, per_seq), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    params = optax.apply_updates(params, updates)
+    def update(carry, _):
+      params, opt_state = carry
+      (loss, per_seq), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+      updates, opt_state = tx.update(grads, opt_state, params)
+      return (optax.apply_updates(params, updates), opt_state), (loss, per_seq,
+                                                                  optax.global_norm(grads))
+
+    # Statistics of the first update: the on-policy loss of these rollouts.
+    (params, opt_state), (losses, per_seqs, grad_norms) = jax.lax.scan(
+        update, (params, opt_state), length=cfg.updates_per_batch)
+    loss, per_seq = losses[0], per_seqs[0]
     solve_rate = jnp.mean(correct, axis=-1)
     feedback = Feedback(loss=jnp.mean(per_seq, axis=-1), tokens=jnp.sum(mask, axis=(1, 2)),
                         reward=solve_rate, correct=correct)
     cstate = curriculum.update(cstate, idx, feedback)
     metrics = dict(loss=loss, reward=jnp.mean(correct), parsed=jnp.mean(parsed),
-                   grad_norm=optax.global_norm(grads), idx=idx, solve_rate=solve_rate)
+                   grad_norm=grad_norms[0], idx=idx, solve_rate=solve_rate)
     return params, opt_state, cstate, metrics
 
   replicated = NamedSharding(mesh, P())

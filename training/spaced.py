@@ -115,7 +115,8 @@ def train_rl(graphdef, params, problems: dict, rows: np.ndarray, cluster: np.nda
              config, seed: int, log=None) -> list[dict]:
   """GRPO on `problems[rows]`; returns one record per step (and held-out accuracy at evals)."""
   g, t = config.grpo, config.train
-  gcfg = grpo.GRPOConfig(g.group_size, g.answer_len, g.temperature, g.clip_eps, g.kl_coef)
+  gcfg = grpo.GRPOConfig(g.group_size, g.answer_len, g.temperature, g.clip_eps, g.kl_coef,
+                         updates_per_batch=g.updates_per_batch)
   curriculum = make_curriculum(cluster, config)
   tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(g.learning_rate))
   mesh = make_mesh(config.parallel.to_dict())

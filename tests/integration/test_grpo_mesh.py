@@ -26,7 +26,7 @@ def run(devices, steps=2):
   for _ in range(25):  # so that groups hold both right and wrong answers
     params, opt, _ = sft(params, opt, *pool)
   step = grpo.make_grpo_step(graphdef, tx, curriculum, grpo.GRPOConfig(group_size=4, answer_len=4,
-                                                                       kl_coef=0.1),
+                                                                       kl_coef=0.1, updates_per_batch=2),
                              make_mesh({'data': -1}, devices))
   opt, cstate = tx.init(params), curriculum.init(jax.random.key(0))
   for t in range(steps):

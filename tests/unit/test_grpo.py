@@ -126,6 +126,8 @@ def test_bad_config_is_rejected():
     grpo.GRPOConfig(group_size=1)
   with pytest.raises(ValueError, match='grpo.temperature'):
     grpo.GRPOConfig(temperature=0.0)
+  with pytest.raises(ValueError, match='grpo.updates_per_batch'):
+    grpo.GRPOConfig(updates_per_batch=0)
 
 
 @pytest.mark.slow
