@@ -80,11 +80,16 @@ def accuracy_by_difficulty(graphdef, params, problems: dict, config) -> dict:
   return out
 
 
+def check_arm(config):
+  for key, allowed in (('kind', KINDS), ('pool', POOLS), ('reward', spaced.REWARDS)):
+    if config.curriculum[key] not in allowed:
+      raise ValueError(f'curriculum.{key}={config.curriculum[key]!r}; choose one of {allowed}')
+
+
 def select_pool(problems: dict, difficulty: np.ndarray, config, seed: int):
   """(rows of the train pool that RL draws from, their cluster labels or None)."""
+  check_arm(config)
   r, pool = config.reduction, config.curriculum.pool
-  if pool not in POOLS:
-    raise ValueError(f'curriculum.pool={pool!r}; choose one of {POOLS}')
   features = spaced.char_ngram_features(problems['question'])
   if pool == 'full':
     labels, _ = spaced.cluster_pool(features, difficulty, r.num_clusters, r.num_components,
@@ -101,22 +106,26 @@ def select_pool(problems: dict, difficulty: np.ndarray, config, seed: int):
   return reduced.indices, reduced.cluster
 
 
+def grpo_config(config) -> grpo.GRPOConfig:
+  g = config.grpo
+  return grpo.GRPOConfig(g.group_size, g.answer_len, g.temperature, g.clip_eps, g.kl_coef,
+                         updates_per_batch=g.updates_per_batch)
+
+
 def make_curriculum(cluster: np.ndarray, config) -> api.Curriculum:
+  check_arm(config)
   c, batch = config.curriculum, config.grpo.batch_size
   if c.kind == 'uniform':
     return api.uniform(len(cluster), batch)
-  if c.kind == 'spaced':
-    return spaced.cluster_bandit(cluster, batch, c.reward, c.sigma0, c.ema_decay,
-                                 c.progress_weight, c.discount)
-  raise ValueError(f'curriculum.kind={c.kind!r}; choose one of {KINDS}')
+  return spaced.cluster_bandit(cluster, batch, c.reward, c.sigma0, c.ema_decay,
+                               c.progress_weight, c.discount)
 
 
 def train_rl(graphdef, params, problems: dict, rows: np.ndarray, cluster: np.ndarray, test: dict,
              config, seed: int, log=None) -> list[dict]:
   """GRPO on `problems[rows]`; returns one record per step (and held-out accuracy at evals)."""
   g, t = config.grpo, config.train
-  gcfg = grpo.GRPOConfig(g.group_size, g.answer_len, g.temperature, g.clip_eps, g.kl_coef,
-                         updates_per_batch=g.updates_per_batch)
+  gcfg = grpo_config(config)
   curriculum = make_curriculum(cluster, config)
   tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(g.learning_rate))
   mesh = make_mesh(config.parallel.to_dict())
@@ -156,6 +165,8 @@ def reference_difficulty(graphdef, params, problems: dict, config) -> np.ndarray
 
 def run_spaced(config, workdir: str) -> list[dict]:
   """Warm-up, reduction and RL; writes <workdir>/metrics.jsonl (step, loss, reward, eval)."""
+  grpo_config(config)  # bad RL settings fail here, not after the warm-up
+  check_arm(config)
   os.makedirs(workdir, exist_ok=True)
   problems = load_problems(config, workdir)
   graphdef, params = build_model(config)
