@@ -278,4 +278,7 @@ def run(config, workdir: str, devices=None) -> dict:
   if config.model.kind == 'multimodal':  # packed, DFLOP-balanced rows: training/multimodal.py
     from training import multimodal
     return multimodal.run(config, workdir, devices)
+  if 'grpo' in config:  # RL fine-tuning with verifiable rewards (SPaCe) has its own loop
+    from training.spaced import run_spaced
+    return run_spaced(config, workdir)
   return Trainer(config, workdir, devices).run()

@@ -1,0 +1,185 @@
+"""SPaCe end to end: supervised warm-up, reference solve rates, pool reduction, then GRPO driven by
+the curriculum. `training.loop.run` hands every config with a `grpo` section to
+`run_spaced(config, workdir)`, so `main.py --config configs/spaced_arith.py` runs it; the stages
+are public so that experiments can share a warm-up between arms.
+
+Arms are picked by `curriculum.kind` (uniform | spaced) and `curriculum.pool` (full | reduced |
+random: K*l random rows clustered like the reduced pool).
+"""
+
+import functools
+import json
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import logging
+from flax import nnx
+
+from curriculum import api, spaced
+from data import arithmetic
+from models.transformer import Decoder, DecoderConfig
+from parallel.mesh import make_mesh
+from training import grpo
+
+POOLS = ('full', 'reduced', 'random')
+_solver = functools.cache(grpo.make_solver)  # one compilation per model and sampling setting
+KINDS = ('uniform', 'spaced')
+
+
+def build_model(config):
+  cfg = DecoderConfig(**config.model.to_dict())
+  return nnx.split(Decoder(cfg, nnx.Rngs(config.train.seed)))
+
+
+def load_problems(config, workdir: str) -> dict:
+  """{'train': ..., 'test': ...}, each with question/difficulty arrays and prompt/answer tokens."""
+  d = config.data
+  data_dir = d.data_dir or os.path.join(workdir, 'data')
+  out = {}
+  for split in ('train', 'test'):
+    rows = arithmetic.load(data_dir, split, d.num_train, d.num_test_per_difficulty, d.seed)
+    rows['prompts'], rows['answers'] = arithmetic.encode_problems(
+        rows['question'], rows['answer'], d.prompt_len, config.grpo.answer_len)
+    out[split] = rows
+  return out
+
+
+def warm_up(graphdef, params, problems: dict, config):
+  """Supervised steps on problems up to `warmup.max_difficulty`, so that some are solved."""
+  w = config.warmup
+  easy = np.flatnonzero(problems['difficulty'] <= w.max_difficulty)
+  tx = optax.adam(w.learning_rate)
+  step, opt = grpo.make_sft_step(graphdef, tx), tx.init(params)
+  rng = np.random.default_rng(config.train.seed)
+  for _ in range(w.steps):
+    b = rng.choice(easy, w.batch_size)
+    params, opt, loss = step(params, opt, problems['prompts'][b], problems['answers'][b])
+  logging.info('warm-up: %d steps, final loss %.3f', w.steps, float(loss))
+  return params
+
+
+def solve_rates(graphdef, params, problems: dict, config, group_size: int, temperature: float,
+                key) -> np.ndarray:
+  """Mean exact match over `group_size` samples per problem: [N]."""
+  solver = _solver(graphdef, group_size, config.grpo.answer_len, temperature)
+  correct = grpo.solve_all(solver, params, jnp.asarray(problems['prompts']),
+                           jnp.asarray(problems['answers']), key, config.train.eval_batch_size)
+  return np.asarray(jnp.mean(correct, axis=-1))
+
+
+def accuracy_by_difficulty(graphdef, params, problems: dict, config) -> dict:
+  """Greedy held-out exact match, overall and per difficulty."""
+  correct = solve_rates(graphdef, params, problems, config, 1, 0.0, jax.random.key(0))
+  out = {'overall': float(correct.mean())}
+  for d in np.unique(problems['difficulty']):
+    out[f'd{d}'] = float(correct[problems['difficulty'] == d].mean())
+  return out
+
+
+def check_arm(config):
+  for key, allowed in (('kind', KINDS), ('pool', POOLS), ('reward', spaced.REWARDS)):
+    if config.curriculum[key] not in allowed:
+      raise ValueError(f'curriculum.{key}={config.curriculum[key]!r}; choose one of {allowed}')
+
+
+def select_pool(problems: dict, difficulty: np.ndarray, config, seed: int):
+  """(rows of the train pool that RL draws from, their cluster labels or None)."""
+  check_arm(config)
+  r, pool = config.reduction, config.curriculum.pool
+  features = spaced.char_ngram_features(problems['question'])
+  if pool == 'full':
+    labels, _ = spaced.cluster_pool(features, difficulty, r.num_clusters, r.num_components,
+                                    r.difficulty_weight, seed)
+    return np.arange(len(difficulty)), labels
+  if pool == 'random':
+    rows = np.random.default_rng(seed).choice(len(difficulty), r.num_clusters * r.per_cluster,
+                                              replace=False)
+    labels, _ = spaced.cluster_pool(features[rows], difficulty[rows], r.num_clusters,
+                                    r.num_components, r.difficulty_weight, seed)
+    return rows, labels
+  reduced = spaced.reduce_pool(features, difficulty, r.num_clusters, r.per_cluster,
+                               r.num_components, r.difficulty_weight, seed)
+  return reduced.indices, reduced.cluster
+
+
+def grpo_config(config) -> grpo.GRPOConfig:
+  g = config.grpo
+  return grpo.GRPOConfig(g.group_size, g.answer_len, g.temperature, g.clip_eps, g.kl_coef,
+                         updates_per_batch=g.updates_per_batch)
+
+
+def make_curriculum(cluster: np.ndarray, config) -> api.Curriculum:
+  check_arm(config)
+  c, batch = config.curriculum, config.grpo.batch_size
+  if c.kind == 'uniform':
+    return api.uniform(len(cluster), batch)
+  return spaced.cluster_bandit(cluster, batch, c.reward, c.sigma0, c.ema_decay,
+                               c.progress_weight, c.discount)
+
+
+def train_rl(graphdef, params, problems: dict, rows: np.ndarray, cluster: np.ndarray, test: dict,
+             config, seed: int, log=None) -> list[dict]:
+  """GRPO on `problems[rows]`; returns one record per step (and held-out accuracy at evals)."""
+  g, t = config.grpo, config.train
+  gcfg = grpo_config(config)
+  curriculum = make_curriculum(cluster, config)
+  tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(g.learning_rate))
+  mesh = make_mesh(config.parallel.to_dict())
+  step = grpo.make_grpo_step(graphdef, tx, curriculum, gcfg, mesh)
+  pool = (jnp.asarray(problems['prompts'][rows]), jnp.asarray(problems['answers'][rows]))
+  ref = jax.tree.map(jnp.copy, params)
+  params, opt = jax.tree.map(jnp.copy, params), tx.init(params)
+  cstate = curriculum.init(jax.random.key(seed))
+  key = jax.random.key(seed + 1)
+  records = [dict(step=0, eval=accuracy_by_difficulty(graphdef, params, test, config))]
+  start = time.time()
+  for s in range(1, t.steps + 1):
+    params, opt, cstate, m = step(params, opt, cstate, ref, pool, jax.random.fold_in(key, s))
+    m = jax.device_get(m)
+    idx = np.asarray(m['idx'])
+    rec = dict(step=s, loss=float(m['loss']), reward=float(m['reward']),
+               parsed=float(m['parsed']), rows=rows[idx].tolist(),
+               clusters=np.asarray(cluster)[idx].tolist(), solve=m['solve_rate'].tolist())
+    if s % t.eval_every == 0 or s == t.steps:
+      rec['eval'] = accuracy_by_difficulty(graphdef, params, test, config)
+      rec['time_s'] = time.time() - start
+    records.append(rec)
+    if log and (s % t.log_every == 0 or 'eval' in rec):
+      log(rec)
+  return records
+
+
+def reference_difficulty(graphdef, params, problems: dict, config) -> np.ndarray:
+  r = config.reduction
+  rates = solve_rates(graphdef, params, problems, config, r.samples, config.grpo.temperature,
+                      jax.random.key(config.train.seed))
+  if not np.any(rates > 0):
+    raise ValueError('reduction: the warmed-up model solves no train problem in '
+                     f'{r.samples} samples; raise warmup.steps')
+  return rates
+
+
+def run_spaced(config, workdir: str) -> list[dict]:
+  """Warm-up, reduction and RL; writes <workdir>/metrics.jsonl (step, loss, reward, eval)."""
+  grpo_config(config)  # bad RL settings fail here, not after the warm-up
+  check_arm(config)
+  os.makedirs(workdir, exist_ok=True)
+  problems = load_problems(config, workdir)
+  graphdef, params = build_model(config)
+  params = warm_up(graphdef, params, problems['train'], config)
+  difficulty = reference_difficulty(graphdef, params, problems['train'], config)
+  rows, cluster = select_pool(problems['train'], difficulty, config, config.train.seed)
+  logging.info('RL pool: %d rows (%s), %d clusters', len(rows), config.curriculum.pool,
+               len(np.unique(cluster)))
+  with open(os.path.join(workdir, 'metrics.jsonl'), 'w') as f:
+    def log(rec):
+      f.write(json.dumps({k: v for k, v in rec.items() if k not in ('rows', 'solve')}) + '\n')
+      f.flush()
+      logging.info('step %d loss %.4f reward %.3f %s', rec['step'], rec['loss'], rec['reward'],
+                   rec.get('eval', ''))
+    return train_rl(graphdef, params, problems['train'], rows, cluster, problems['test'], config,
+                    config.train.seed, log)
