@@ -1,26 +1,24 @@
 """Shared helpers of the benchmarks: timing and the one-JSON-line report."""
 
 import json
-import os
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-import jax  # noqa: E402  (after the path set-up above)
-import numpy as np  # noqa: E402
+import jax
+import numpy as np
 
 
-def median_seconds(fn, repeats: int, warmup: int = 2) -> float:
-  """Median wall time of `fn()` (which must block until its result is ready)."""
-  for _ in range(warmup):
-    fn()
-  times = []
+def median_times(calls, repeats: int) -> list[float]:
+  """Median wall time of each zero-argument call after one compiling call. The calls alternate,
+  so a change in machine load hits every case alike."""
+  for call in calls:
+    jax.block_until_ready(call())
+  times = [[] for _ in calls]
   for _ in range(repeats):
-    t = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - t)
-  return float(np.median(times))
+    for call, record in zip(calls, times):
+      start = time.perf_counter()
+      jax.block_until_ready(call())
+      record.append(time.perf_counter() - start)
+  return [float(np.median(t)) for t in times]
 
 
 def report(name: str, ratio: float, baseline: str, target: str, **figures):

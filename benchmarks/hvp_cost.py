@@ -10,9 +10,7 @@ side by side on the same decoder and batch, medians of several calls.
 import argparse
 import json
 import os
-import statistics
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -20,6 +18,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 from flax import nnx  # noqa: E402
 
+from benchmarks.common import median_times  # noqa: E402
 from curriculum.commutator import hvp  # noqa: E402
 from models.transformer import Decoder, DecoderConfig  # noqa: E402
 
@@ -27,19 +26,6 @@ FULL = dict(cfg=DecoderConfig(num_layers=3, d_model=256, num_heads=4, mlp_dim=10
             batch=8, seq_len=128, reps=5)
 QUICK = dict(cfg=DecoderConfig(num_layers=2, d_model=64, num_heads=4, mlp_dim=128, max_len=32),
              batch=8, seq_len=32, reps=20)
-
-
-def median_seconds(calls, reps: int) -> list[float]:
-  """Median time of each zero-argument call; the calls alternate, so load spikes hit both."""
-  for call in calls:
-    jax.block_until_ready(call())  # compile
-  times = [[] for _ in calls]
-  for _ in range(reps):
-    for call, record in zip(calls, times):
-      start = time.perf_counter()
-      jax.block_until_ready(call())
-      record.append(time.perf_counter() - start)
-  return [statistics.median(t) for t in times]
 
 
 def main():
@@ -60,7 +46,7 @@ def main():
   v = jax.tree.map(lambda x: jnp.full_like(x, 1e-2), params)
   grad_fn = jax.jit(jax.grad(loss_fn))
   hvp_fn = jax.jit(lambda p, v, t: hvp(loss_fn, p, v, t))
-  grad_s, hvp_s = median_seconds([lambda: grad_fn(params, tokens),
+  grad_s, hvp_s = median_times([lambda: grad_fn(params, tokens),
                                   lambda: hvp_fn(params, v, tokens)], setup['reps'])
   print(json.dumps({
       'name': 'hvp_vs_grad', 'ratio': hvp_s / grad_s, 'baseline': 'jax.grad of the same loss',

@@ -32,13 +32,12 @@ import argparse
 import dataclasses
 import functools
 import json
-import statistics
-import time
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from benchmarks.common import median_times
 from models.transformer import Decoder, DecoderConfig
 from parallel import pipeline
 from parallel.mesh import make_mesh
@@ -53,17 +52,6 @@ def decoder_parts(cfg: DecoderConfig):
   layer_fn = pipeline.nnx_layer_fn(nnx.split(model.layers)[0])
   layer_shapes = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), layers)
   return layers, rest, layer_fn, lambda rest: nnx.merge(graphdef, layer_shapes, rest)
-
-
-def median_times(fns, repeats: int) -> list[float]:
-  """Median wall time of each function, calls interleaved so machine load hits all alike."""
-  times = [[] for _ in fns]
-  for _ in range(repeats):
-    for fn, out in zip(fns, times):
-      start = time.perf_counter()
-      jax.block_until_ready(fn())
-      out.append(time.perf_counter() - start)
-  return [statistics.median(t) for t in times]
 
 
 def bubble(quick: bool):

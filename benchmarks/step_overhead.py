@@ -5,20 +5,23 @@
 """
 
 import argparse
+import os
+import sys
 
-from common import median_seconds, report
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import jax
-import jax.numpy as jnp
-import optax
-from flax import nnx
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import optax  # noqa: E402
+from flax import nnx  # noqa: E402
 
-from configs import default
-from curriculum import api
-from data.pool import from_tokens
-from models.transformer import flops_per_token
-from parallel.mesh import make_mesh
-from training import metrics, state as state_lib, step as step_lib
+from benchmarks.common import median_times, report  # noqa: E402
+from configs import default  # noqa: E402
+from curriculum import api  # noqa: E402
+from data.pool import from_tokens  # noqa: E402
+from models.transformer import flops_per_token  # noqa: E402
+from parallel.mesh import make_mesh  # noqa: E402
+from training import metrics, state as state_lib, step as step_lib  # noqa: E402
 
 
 def bare_step(config, graphdef, params):
@@ -64,12 +67,12 @@ def main():
   def run_ours():
     s, c, m = ours(*carry['ours'], pool)
     carry['ours'] = (s, c)
-    m['loss'].block_until_ready()
+    return m['loss']
 
   def run_fixed():
     s, c, m = fixed(*carry['fixed'], idx, batch)
     carry['fixed'] = (s, c)
-    m['loss'].block_until_ready()
+    return m['loss']
 
   model_graphdef, params = nnx.split(state_lib.make_model(config, jax.random.key(0)), nnx.Param)
   bare, opt_state = bare_step(config, model_graphdef, params)
@@ -77,14 +80,9 @@ def main():
 
   def run_bare():
     bare_carry[0], bare_carry[1], loss = bare(*bare_carry, batch)
-    loss.block_until_ready()
+    return loss
 
-  # Interleave the cases so that a change in machine load hits them alike.
-  times = {k: [] for k in ('ours', 'fixed', 'bare')}
-  for _ in range(3):
-    for name, fn in (('ours', run_ours), ('fixed', run_fixed), ('bare', run_bare)):
-      times[name].append(median_seconds(fn, repeats // 3 + 1))
-  t_ours, t_fixed, t_bare = (min(times[k]) for k in ('ours', 'fixed', 'bare'))
+  t_ours, t_fixed, t_bare = median_times([run_ours, run_fixed, run_bare], repeats)
   peak = metrics.measure_matmul_peak()
   fpt = flops_per_token(state_lib.decoder_config(config), t)
   tokens_per_s = b * t / t_ours
