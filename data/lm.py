@@ -7,6 +7,7 @@ and `doc` (play or book index). Shakespeare keeps three plays out for validation
 """
 
 import dataclasses
+import functools
 import os
 
 import numpy as np
@@ -109,8 +110,12 @@ def builder(corpus: str, seq_len: int, data_dir: str = '') -> tfds.core.DatasetB
   return b
 
 
+@functools.lru_cache(maxsize=8)
 def read_split(corpus: str, seq_len: int, split: str, data_dir: str = '') -> dict[str, np.ndarray]:
-  """All records of a split as arrays in corpus order: tokens [N, seq_len + 1], id, doc."""
+  """All records of a split as arrays in corpus order: tokens [N, seq_len + 1], id, doc.
+
+  Cached per process (tests and experiments build many runs over the same split); callers must
+  not modify the arrays."""
   src = data_source(corpus, seq_len, split, data_dir)
   records = src.__getitems__(range(len(src)))
   out = {k: np.stack([r[k] for r in records]) for k in ('tokens', 'id', 'doc')}
