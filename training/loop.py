@@ -163,10 +163,13 @@ class Trainer:
     n = len(tokens) if max_batches <= 0 else min(len(tokens), max_batches * b)
     padded = np.full((-(-n // b) * b, tokens.shape[1]), PAD, np.int32)
     padded[:n] = tokens[:n]
-    sums = [self.eval_step(state, jax.device_put(padded[i:i + b], self.batch_sharding))
-            for i in range(0, len(padded), b)]
-    total, count = np.sum(jax.device_get(sums), axis=0)  # one transfer, not one per batch
-    return float(total / max(count, 1.0))
+    total = count = 0.0
+    for i in range(0, len(padded), b):
+      # Fetching each batch's sums keeps one eval program in flight: independent multi-device
+      # programs dispatched together can deadlock in the CPU runtime's collectives.
+      s, c = self.eval_step(state, jax.device_put(padded[i:i + b], self.batch_sharding))
+      total, count = total + float(s), count + float(c)
+    return total / max(count, 1.0)
 
   # ----------------------------------------------------------------------------- loop
 
