@@ -39,9 +39,9 @@ SEEDS = (0, 1, 2)
 
 def experiment_config(quick: bool):
   config = spaced_arith.get_config()
-  config.data.update(num_train=2000, num_test_per_difficulty=40)
-  config.warmup.update(steps=1500)
-  config.train.update(steps=150, eval_every=15, log_every=15, eval_batch_size=200)
+  config.data.update(num_train=1000, num_test_per_difficulty=20)
+  config.warmup.update(steps=500)
+  config.train.update(steps=40, eval_every=10, log_every=10, eval_batch_size=100)
   if quick:
     config.data.update(num_train=400, num_test_per_difficulty=8)
     config.warmup.update(steps=200)
