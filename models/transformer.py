@@ -89,24 +89,26 @@ def rope(x: jax.Array, positions: jax.Array, base: float) -> jax.Array:
 
 
 class Attention(nnx.Module):
+  """Multi-head attention; the decoder's is causal with RoPE, an image encoder's is neither."""
 
-  def __init__(self, cfg: DecoderConfig, rngs: nnx.Rngs):
+  def __init__(self, cfg: DecoderConfig, rngs: nnx.Rngs, causal: bool = True, use_rope: bool = True):
     d, h, k = cfg.d_model, cfg.num_heads, cfg.head_dim
     pd, s = DTYPES[cfg.param_dtype], cfg.init_scale
     self.wq = param(rngs, (d, h, k), ('embed', 'heads', 'kv'), s, pd)
     self.wk = param(rngs, (d, h, k), ('embed', 'heads', 'kv'), s, pd)
     self.wv = param(rngs, (d, h, k), ('embed', 'heads', 'kv'), s, pd)
     self.wo = param(rngs, (h, k, d), ('heads', 'kv', 'embed'), s / math.sqrt(2 * cfg.num_layers), pd)
-    self.cfg = cfg
+    self.cfg, self.causal, self.use_rope = cfg, causal, use_rope
 
   def __call__(self, x_q, x_kv, positions):
-    """Causal attention with queries from `x_q` and keys/values from `x_kv` (the same for a decoder)."""
+    """Queries from `x_q`, keys and values from `x_kv` (the same for a decoder)."""
     dt = DTYPES[self.cfg.dtype]
     q = jnp.einsum('btd,dhk->bthk', x_q, self.wq[...].astype(dt))
     k = jnp.einsum('btd,dhk->bthk', x_kv, self.wk[...].astype(dt))
     v = jnp.einsum('btd,dhk->bthk', x_kv, self.wv[...].astype(dt))
-    q, k = rope(q, positions, self.cfg.rope_base), rope(k, positions, self.cfg.rope_base)
-    out = jax.nn.dot_product_attention(q, k, v, is_causal=True)
+    if self.use_rope:
+      q, k = rope(q, positions, self.cfg.rope_base), rope(k, positions, self.cfg.rope_base)
+    out = jax.nn.dot_product_attention(q, k, v, is_causal=self.causal)
     return jnp.einsum('bthk,hkd->btd', out, self.wo[...].astype(dt))
 
 

@@ -15,8 +15,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from models.transformer import (DTYPES, REMAT_POLICIES, DecoderConfig, RMSNorm, SwiGLU, make_stack,
-                                param, scan_stack)
+from models.transformer import (DTYPES, REMAT_POLICIES, Attention, DecoderConfig, RMSNorm, SwiGLU,
+                                make_stack, param, scan_stack)
 from parallel.sharding import constrain
 
 PIXEL_MAX = 16.0  # load_digits pixels are 0..16
@@ -72,38 +72,20 @@ class VisionConfig:
                          init_scale=self.init_scale)
 
 
-class ImageAttention(nnx.Module):
-  """Bidirectional multi-head attention over the patches of one image."""
-
-  def __init__(self, cfg: DecoderConfig, rngs: nnx.Rngs):
-    d, h, k = cfg.d_model, cfg.num_heads, cfg.head_dim
-    pd, s = DTYPES[cfg.param_dtype], cfg.init_scale
-    self.wq = param(rngs, (d, h, k), ('embed', 'heads', 'kv'), s, pd)
-    self.wk = param(rngs, (d, h, k), ('embed', 'heads', 'kv'), s, pd)
-    self.wv = param(rngs, (d, h, k), ('embed', 'heads', 'kv'), s, pd)
-    self.wo = param(rngs, (h, k, d), ('heads', 'kv', 'embed'), s, pd)
-    self.dtype = DTYPES[cfg.dtype]
-
-  def __call__(self, x):
-    dt = self.dtype
-    q, k, v = (jnp.einsum('btd,dhk->bthk', x, w[...].astype(dt)) for w in (self.wq, self.wk, self.wv))
-    out = jax.nn.dot_product_attention(q, k, v)
-    return jnp.einsum('bthk,hkd->btd', out, self.wo[...].astype(dt))
-
-
 class EncoderBlock(nnx.Module):
   """Pre-norm ViT block; takes `positions` only to share the decoder's stack-runner signature."""
 
   def __init__(self, cfg: DecoderConfig, rngs: nnx.Rngs):
     pd = DTYPES[cfg.param_dtype]
     self.attn_norm = RMSNorm(cfg.d_model, pd)
-    self.attn = ImageAttention(cfg, rngs)
+    # Bidirectional over the patches of one image; positions enter once, as learned embeddings.
+    self.attn = Attention(cfg, rngs, causal=False, use_rope=False)
     self.ffn_norm = RMSNorm(cfg.d_model, pd)
     self.ffn = SwiGLU(cfg, rngs)
 
   def __call__(self, x, positions):
-    del positions  # patch positions are added once, as learned embeddings
-    x = x + self.attn(self.attn_norm(x))
+    h = self.attn_norm(x)
+    x = x + self.attn(h, h, positions)
     x = constrain(x, ('act_batch', 'act_len', 'act_embed'))
     x = x + self.ffn(self.ffn_norm(x))
     return constrain(x, ('act_batch', 'act_len', 'act_embed'))
