@@ -29,6 +29,13 @@ REMAT_POLICIES = {
 }
 
 
+def check_numerics(config, section: str):
+  """The dtype, param_dtype and remat choices of a model config, errors naming `section.key`."""
+  for name, table in (('dtype', DTYPES), ('param_dtype', DTYPES), ('remat', REMAT_POLICIES)):
+    if getattr(config, name) not in table:
+      raise ValueError(f'{section}.{name}={getattr(config, name)!r}; choose one of {sorted(table)}')
+
+
 @dataclasses.dataclass(frozen=True)
 class DecoderConfig:
   vocab_size: int = 264
@@ -52,9 +59,7 @@ class DecoderConfig:
                        f'model.num_heads={self.num_heads}')
     if (self.d_model // self.num_heads) % 2:
       raise ValueError('model.d_model / model.num_heads must be even for RoPE')
-    for name, table in (('dtype', DTYPES), ('param_dtype', DTYPES), ('remat', REMAT_POLICIES)):
-      if getattr(self, name) not in table:
-        raise ValueError(f'model.{name}={getattr(self, name)!r}; choose one of {sorted(table)}')
+    check_numerics(self, 'model')
 
   @property
   def head_dim(self) -> int:

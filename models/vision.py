@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from models.transformer import (DTYPES, REMAT_POLICIES, Attention, DecoderConfig, RMSNorm, SwiGLU,
+from models.transformer import (DTYPES, Attention, DecoderConfig, RMSNorm, SwiGLU, check_numerics,
                                 make_stack, param, scan_stack)
 from parallel.sharding import constrain
 
@@ -50,9 +50,7 @@ class VisionConfig:
     if self.d_model % self.num_heads:
       raise ValueError(f'vision.d_model={self.d_model} is not divisible by '
                        f'vision.num_heads={self.num_heads}')
-    for name, table in (('dtype', DTYPES), ('param_dtype', DTYPES), ('remat', REMAT_POLICIES)):
-      if getattr(self, name) not in table:
-        raise ValueError(f'vision.{name}={getattr(self, name)!r}; choose one of {sorted(table)}')
+    check_numerics(self, 'vision')
 
   @property
   def patches_per_side(self) -> int:
