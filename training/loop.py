@@ -276,10 +276,10 @@ class Trainer:
 
 
 def run(config, workdir: str, devices=None) -> dict:
-  if config.model.kind == 'multimodal':  # packed, DFLOP-balanced rows: training/multimodal.py
-    from training import multimodal
-    return multimodal.run(config, workdir, devices)
   if 'grpo' in config:  # RL fine-tuning with verifiable rewards (SPaCe) has its own loop
     from training.spaced import run_spaced
     return run_spaced(config, workdir)
+  if config.model.kind == 'multimodal':  # packed, DFLOP-balanced rows: training/multimodal.py
+    from training import multimodal
+    return multimodal.run(config, workdir, devices)
   return Trainer(config, workdir, devices).run()

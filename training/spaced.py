@@ -23,7 +23,9 @@ from curriculum import api, spaced
 from data import arithmetic
 from models.transformer import Decoder, DecoderConfig
 from parallel.mesh import make_mesh
+from training import checkpoint as ckpt_lib
 from training import grpo
+from training.loop import prepare_workdir
 
 POOLS = ('full', 'reduced', 'random')
 _solver = functools.cache(grpo.make_solver)  # one compilation per model and sampling setting
@@ -72,11 +74,17 @@ def solve_rates(graphdef, params, problems: dict, config, group_size: int, tempe
 
 
 def accuracy_by_difficulty(graphdef, params, problems: dict, config) -> dict:
-  """Greedy held-out exact match, overall and per difficulty."""
-  correct = solve_rates(graphdef, params, problems, config, 1, 0.0, jax.random.key(0))
-  out = {'overall': float(correct.mean())}
+  """Held-out exact match, overall and per difficulty: greedy ('overall', 'd1', ...) and the
+  mean over `train.eval_samples` samples at the RL temperature ('sampled', 'sampled_d1', ...),
+  which is the expected reward GRPO optimizes and a smoother curve than greedy's."""
+  greedy = solve_rates(graphdef, params, problems, config, 1, 0.0, jax.random.key(0))
+  sampled = solve_rates(graphdef, params, problems, config, config.train.eval_samples,
+                        config.grpo.temperature, jax.random.key(1))
+  out = {'overall': float(greedy.mean()), 'sampled': float(sampled.mean())}
   for d in np.unique(problems['difficulty']):
-    out[f'd{d}'] = float(correct[problems['difficulty'] == d].mean())
+    rows = problems['difficulty'] == d
+    out[f'd{d}'] = float(greedy[rows].mean())
+    out[f'sampled_d{d}'] = float(sampled[rows].mean())
   return out
 
 
@@ -121,24 +129,44 @@ def make_curriculum(cluster: np.ndarray, config) -> api.Curriculum:
                                c.progress_weight, c.discount)
 
 
+def rl_state(params, tx: optax.GradientTransformation, curriculum: api.Curriculum, seed: int):
+  """(state, cstate) at the first RL step: the policy, its optimizer and the frozen reference
+  (the warmed-up model), and the curriculum. Under `jax.eval_shape`, the restore target."""
+  state = dict(params=params, opt=tx.init(params), ref=params)
+  return jax.tree.map(jnp.copy, state), curriculum.init(jax.random.key(seed))
+
+
 def train_rl(graphdef, params, problems: dict, rows: np.ndarray, cluster: np.ndarray, test: dict,
-             config, seed: int, log=None) -> list[dict]:
-  """GRPO on `problems[rows]`; returns one record per step (and held-out accuracy at evals)."""
+             config, seed: int, log=None, checkpoints=None) -> list[dict]:
+  """GRPO on `problems[rows]`; returns one record per step (and held-out accuracy at evals).
+
+  With `checkpoints`, the run resumes from the newest checkpoint (`params` may then be abstract)
+  and saves every `checkpoint.every` steps and at the end. Rollout keys are a function of the step,
+  so a resumed run samples what an uninterrupted one samples.
+  """
   g, t = config.grpo, config.train
-  gcfg = grpo_config(config)
   curriculum = make_curriculum(cluster, config)
   tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(g.learning_rate))
   mesh = make_mesh(config.parallel.to_dict())
-  step = grpo.make_grpo_step(graphdef, tx, curriculum, gcfg, mesh)
+  step = grpo.make_grpo_step(graphdef, tx, curriculum, grpo_config(config), mesh)
   pool = (jnp.asarray(problems['prompts'][rows]), jnp.asarray(problems['answers'][rows]))
-  ref = jax.tree.map(jnp.copy, params)
-  params, opt = jax.tree.map(jnp.copy, params), tx.init(params)
-  cstate = curriculum.init(jax.random.key(seed))
+  initial = functools.partial(rl_state, tx=tx, curriculum=curriculum, seed=seed)
+  restored = checkpoints and checkpoints.restore(
+      *jax.eval_shape(initial, params), functools.partial(check_resumable, config))
+  if restored:
+    start, state, cstate = restored.step, restored.state, restored.curriculum
+  else:
+    start, (state, cstate) = 0, initial(params)
+    if checkpoints:
+      save_checkpoint(checkpoints, 0, state, cstate, config)
   key = jax.random.key(seed + 1)
-  records = [dict(step=0, eval=accuracy_by_difficulty(graphdef, params, test, config))]
-  start = time.time()
-  for s in range(1, t.steps + 1):
-    params, opt, cstate, m = step(params, opt, cstate, ref, pool, jax.random.fold_in(key, s))
+  records = [] if start else [dict(step=0, eval=accuracy_by_difficulty(
+      graphdef, state['params'], test, config))]
+  begin = time.time()
+  for s in range(start + 1, t.steps + 1):
+    params, opt, cstate, m = step(state['params'], state['opt'], cstate, state['ref'], pool,
+                                  jax.random.fold_in(key, s))
+    state = dict(state, params=params, opt=opt)
     m = jax.device_get(m)
     idx = np.asarray(m['idx'])
     rec = dict(step=s, loss=float(m['loss']), reward=float(m['reward']),
@@ -146,11 +174,24 @@ def train_rl(graphdef, params, problems: dict, rows: np.ndarray, cluster: np.nda
                clusters=np.asarray(cluster)[idx].tolist(), solve=m['solve_rate'].tolist())
     if s % t.eval_every == 0 or s == t.steps:
       rec['eval'] = accuracy_by_difficulty(graphdef, params, test, config)
-      rec['time_s'] = time.time() - start
+      rec['time_s'] = time.time() - begin
     records.append(rec)
     if log and (s % t.log_every == 0 or 'eval' in rec):
       log(rec)
+    if checkpoints and (s % config.checkpoint.every == 0 or s == t.steps):
+      save_checkpoint(checkpoints, s, state, cstate, config)
   return records
+
+
+def check_resumable(config, saved: dict, step: int):
+  bad = ckpt_lib.incompatible_keys(saved, config.to_dict())
+  if bad:
+    raise ValueError(f'config differs from the checkpoint at step {step} in {", ".join(bad)}; '
+                     'use a new --workdir or restore these values')
+
+
+def save_checkpoint(checkpoints, step: int, state, cstate, config):
+  checkpoints.save(step, state, cstate, {'step': step}, config.to_dict())
 
 
 def reference_difficulty(graphdef, params, problems: dict, config) -> np.ndarray:
@@ -163,23 +204,53 @@ def reference_difficulty(graphdef, params, problems: dict, config) -> np.ndarray
   return rates
 
 
+def save_pool(path: str, rows: np.ndarray, cluster: np.ndarray):
+  """The RL pool, written whole or not at all: resuming needs it to shape the restore target."""
+  tmp = path + '.tmp.npz'
+  np.savez(tmp, rows=rows, cluster=cluster)
+  os.replace(tmp, path)
+
+
+def load_pool(path: str) -> tuple[np.ndarray, np.ndarray]:
+  if not os.path.exists(path):
+    raise FileNotFoundError(f'{path} is missing: the checkpoints beside it cannot be resumed '
+                            'without the RL pool they were trained on; use a new --workdir')
+  with np.load(path) as f:
+    return f['rows'], f['cluster']
+
+
 def run_spaced(config, workdir: str) -> list[dict]:
-  """Warm-up, reduction and RL; writes <workdir>/metrics.jsonl (step, loss, reward, eval)."""
+  """Warm-up, reduction and RL; writes <workdir>/metrics.jsonl (step, loss, reward, eval) and
+  checkpoints. A workdir with checkpoints resumes RL where it stopped; the warm-up, whose result
+  is the step-0 checkpoint (the RL reference model), is not run again."""
   grpo_config(config)  # bad RL settings fail here, not after the warm-up
   check_arm(config)
-  os.makedirs(workdir, exist_ok=True)
+  prepare_workdir(workdir)
   problems = load_problems(config, workdir)
   graphdef, params = build_model(config)
-  params = warm_up(graphdef, params, problems['train'], config)
-  difficulty = reference_difficulty(graphdef, params, problems['train'], config)
-  rows, cluster = select_pool(problems['train'], difficulty, config, config.train.seed)
+  c = config.checkpoint
+  checkpoints = ckpt_lib.Checkpoints(os.path.join(workdir, 'checkpoints'), c.max_to_keep,
+                                     c.async_save)
+  pool_path = os.path.join(workdir, 'rl_pool.npz')
+  resuming = checkpoints.latest_step() is not None
+  if resuming:
+    rows, cluster = load_pool(pool_path)
+    params = jax.eval_shape(lambda: params)
+  else:
+    params = warm_up(graphdef, params, problems['train'], config)
+    difficulty = reference_difficulty(graphdef, params, problems['train'], config)
+    rows, cluster = select_pool(problems['train'], difficulty, config, config.train.seed)
+    save_pool(pool_path, rows, cluster)
   logging.info('RL pool: %d rows (%s), %d clusters', len(rows), config.curriculum.pool,
                len(np.unique(cluster)))
-  with open(os.path.join(workdir, 'metrics.jsonl'), 'w') as f:
+  with open(os.path.join(workdir, 'metrics.jsonl'), 'a' if resuming else 'w') as f:
     def log(rec):
       f.write(json.dumps({k: v for k, v in rec.items() if k not in ('rows', 'solve')}) + '\n')
       f.flush()
       logging.info('step %d loss %.4f reward %.3f %s', rec['step'], rec['loss'], rec['reward'],
                    rec.get('eval', ''))
-    return train_rl(graphdef, params, problems['train'], rows, cluster, problems['test'], config,
-                    config.train.seed, log)
+    try:
+      return train_rl(graphdef, params, problems['train'], rows, cluster, problems['test'],
+                      config, config.train.seed, log, checkpoints)
+    finally:
+      checkpoints.close()
