@@ -16,7 +16,8 @@ def test_spaced_experiment_quick(tmp_path):
                   '--out', str(tmp_path / 'out'), '--workdir', str(tmp_path / 'work')],
                  check=True, cwd=ROOT, timeout=1800)
   summary = json.loads((tmp_path / 'out' / 'summary.json').read_text())
-  assert set(summary['arms']) == {'uniform_full', 'uniform_reduced', 'random_bandit', 'spaced'}
+  assert set(summary['arms']) == {'uniform_full', 'uniform_reduced', 'random_bandit', 'spaced',
+                                  'bandit_full'}
   assert summary['headline']['seeds'] == 3 and summary['headline']['target'] == 0.8
   assert summary['arms']['spaced']['unique_samples'][0] <= 20  # K * l of the quick preset
   for name in ('accuracy_vs_steps.png', 'cluster_selection_spaced.png'):
