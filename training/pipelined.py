@@ -1,8 +1,8 @@
 """The decoder LM loss through the 1F1B pipeline schedule, whose backward runs inside the schedule.
 
-The embedding runs before the pipeline and finishes its backward from the returned input
-cotangent; the final norm, unembedding and token loss are the head the last stage applies to each
-microbatch. Value and gradients are those of `nnx.value_and_grad` over `step.lm_loss`.
+The token embedding is what the first stage applies to each microbatch (and differentiates in its
+backward); the final norm, unembedding and token loss are the head the last stage applies. Value
+and gradients are those of `nnx.value_and_grad` over `step.lm_loss`.
 """
 
 import jax
@@ -40,12 +40,11 @@ def lm_value_and_grad(model, tokens: jax.Array, aux_coef: float):
     per_example = nll.sum(-1) / jnp.maximum(mask.sum(-1), 1.0)
     return jnp.sum(nll.sum(-1) * weights), per_example
 
-  x, embed_pullback = jax.vjp(lambda rest: without_layers(rest).embed_tokens(inputs), rest)
+  embed_fn = lambda rest, inputs: without_layers(rest).embed_tokens(inputs)
   positions = jnp.broadcast_to(jnp.arange(inputs.shape[-1]), inputs.shape)
   layer_fn = pipeline.nnx_layer_fn(nnx.split(model.layers)[0])
-  stats, (d_layers, d_head, dx) = pipeline.loss_and_grads(
-      layer_fn, head_fn, model.stack_runner.cfg, layers, rest, x, positions, (targets, weights),
-      aux_weight=aux_coef)
-  d_rest = jax.tree.map(jnp.add, d_head, embed_pullback(dx)[0])
+  stats, (d_layers, d_rest) = pipeline.loss_and_grads(
+      layer_fn, embed_fn, head_fn, model.stack_runner.cfg, layers, rest, inputs, positions,
+      (targets, weights), aux_weight=aux_coef)
   total = stats.loss + aux_coef * stats.aux
   return (total, (stats.loss, stats.head_stats, counts)), nnx.merge_state(d_layers, d_rest)
