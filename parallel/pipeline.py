@@ -320,24 +320,22 @@ def _one_f_one_b_ticks(layer_fn: LayerFn, embed_fn: EmbedFn, head_fn: HeadFn, cf
   zeros = lambda t: jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), t)
 
   class Acc(NamedTuple):
-    stash: jax.Array  # [S, mb, ...] stage inputs awaiting their backward, slot m % S
     grads: Any  # of this stage's layers
     param_grads: Any  # of `params`: the embedding's on stage 0, the head's on the last stage
     stats: Any  # [M, mb, ...] head stats (last stage)
     loss: jax.Array
     aux: jax.Array
 
-  def forward_step(acc, mb, from_below, from_above):
-    del from_above
+  def forward_step(acc, mb, stashed, from_below, from_above):
+    del stashed, from_above
     x = jax.lax.cond(is_first, lambda: _varying(embed(params, mb), specs.manual),
                      lambda: from_below)
     y, aux = run_stage(layers, x, extras[mb])
-    return y, acc._replace(stash=acc.stash.at[mb % s_count].set(x), aux=acc.aux + aux)
+    return y, x, acc._replace(aux=acc.aux + aux)
 
-  def backward_step(acc, mb, from_below, from_above):
+  def backward_step(acc, mb, stashed, from_below, from_above):
     del from_below
-    x = acc.stash[mb % s_count]
-    (y, _), pullback = jax.vjp(lambda p, x: run_stage(p, x, extras[mb]), layers, x)
+    (y, _), pullback = jax.vjp(lambda p, x: run_stage(p, x, extras[mb]), layers, stashed)
 
     def head_grad():
       (loss, stats), (d_head, dy) = jax.value_and_grad(head_fn, argnums=(0, 1), has_aux=True)(
@@ -353,32 +351,39 @@ def _one_f_one_b_ticks(layer_fn: LayerFn, embed_fn: EmbedFn, head_fn: HeadFn, cf
     embed_grad = lambda: _varying(jax.vjp(lambda p: embed(p, mb), params)[1](dx)[0], specs.manual)
     d_embed = jax.lax.cond(is_first, embed_grad, lambda: _varying(zeros(params), specs.manual))
     add = lambda *trees: jax.tree.map(lambda *a: sum(a), *trees)
-    return dx, acc._replace(
+    return dx, stashed, acc._replace(
         grads=add(acc.grads, d_layers), param_grads=add(acc.param_grads, d_head, d_embed),
         stats=jax.tree.map(lambda buf, s: buf.at[mb].set(s), acc.stats, stats),
         loss=acc.loss + loss)
 
-  def idle(acc, mb, from_below, from_above):
+  def idle(acc, mb, stashed, from_below, from_above):
     del mb, from_above
-    return from_below, acc
+    return from_below, stashed, acc
 
   def tick(carry, t):
-    from_below, from_above, acc, useful = carry
+    from_below, from_above, stash, acc, useful = carry
     fwd_index, bwd_index = t - stage, t - (2 * s_count - 1 - stage)
     is_fwd = fwd_index % 2 == 0
     index = jnp.where(is_fwd, fwd_index, bwd_index)
     valid = (index >= 0) & (index < 2 * m_count)
     op = jnp.where(valid, jnp.where(is_fwd, 1, 2), 0)
-    out, acc = jax.lax.switch(op, (idle, forward_step, backward_step), acc, index // 2, from_below,
-                              from_above)
+    # Stage inputs wait in stash slot m % S for their backward. The stash stays out of the
+    # branches (they return what the slot should hold): a carried buffer updated inside a branch
+    # is copied by XLA, S more stage inputs of temporary memory.
+    mb = index // 2
+    slot = mb % s_count
+    out, to_stash, acc = jax.lax.switch(op, (idle, forward_step, backward_step), acc, mb,
+                                        stash[slot], from_below, from_above)
+    stash = stash.at[slot].set(to_stash)
     # Every stage sends `out` both ways; a receiver's next tick needs exactly one of the two.
-    return (_shift(out, s_count, 1), _shift(out, s_count, -1), acc, useful + valid), None
+    return (_shift(out, s_count, 1), _shift(out, s_count, -1), stash, acc, useful + valid), None
 
   stats = jax.tree.map(lambda s: jnp.zeros((m_count, *s.shape), s.dtype), mb_stats)
-  acc = Acc(stash=jnp.stack([blank] * s_count), grads=zeros(layers), param_grads=zeros(params),
-            stats=stats, loss=jnp.zeros((), jnp.float32), aux=jnp.zeros((), jnp.float32))
-  init = _varying((blank, blank, acc, jnp.zeros((), jnp.int32)), specs.manual)
-  (_, _, acc, useful), _ = jax.lax.scan(tick, init, jnp.arange(cfg.ticks))
+  acc = Acc(grads=zeros(layers), param_grads=zeros(params), stats=stats,
+            loss=jnp.zeros((), jnp.float32), aux=jnp.zeros((), jnp.float32))
+  init = _varying((blank, blank, jnp.stack([blank] * s_count), acc, jnp.zeros((), jnp.int32)),
+                  specs.manual)
+  (_, _, _, acc, useful), _ = jax.lax.scan(tick, init, jnp.arange(cfg.ticks))
   total = lambda t: jax.lax.psum(t, specs.batch_axes)
   grads = jax.tree.map(lambda g: g[None, None], total(acc.grads))  # [S, R=1, K, ...] outside
   # Stage 0 holds the embedding's share, the last stage the head's: their sum is replicated.
