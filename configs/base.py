@@ -144,9 +144,6 @@ def _validate_pipeline(c, sizes):
   if c.model.kind not in ('decoder', 'multimodal'):
     raise ValueError(f"parallel.stage={c.parallel.stage} needs model.kind='decoder' or "
                      f"'multimodal' (pipeline stages are not wired into {c.model.kind!r})")
-  if c.model.kind == 'multimodal' and c.pipeline.schedule == '1f1b':
-    raise ValueError("pipeline.schedule='1f1b' runs the decoder LM's loss inside the schedule; "
-                     "model.kind='multimodal' trains with 'gpipe' or 'circular'")
   inner = [a for a in ('fsdp', 'expert', 'tensor') if sizes[a] > 1]
   if inner and jax.default_backend() == 'cpu':
     # Collectives inside the bubble-skipping branches wait forever on the CPU runtime.

@@ -8,13 +8,14 @@ order depends on the step only, so a resumed run sees what an uninterrupted one 
 balancer's adaptive-correction state is saved with each checkpoint.
 
 Without pipeline stages there is one bin per batch shard (parallel.data x parallel.fsdp). With
-`parallel.stage` S > 1 the decoder's layers run as a gpipe or circular pipeline over the 'stage'
-mesh axis (`pipeline.*`), and the balancer's bins are its microbatches: M = pipeline.microbatches
-(0: 2S) bins per batch shard, laid out so that microbatch m on batch shard d is bin d * M + m
-(`BalancedBatches.row_bins`). The vision encoder, the embedding and the head run outside the
-pipeline, data parallel and replicated over 'stage'; DFLOP's division of the stages between
-encoder and decoder is planned by `parallel.balance.search_layout` (and simulated by
-benchmarks/balance.py), not executed here.
+`parallel.stage` S > 1 the decoder's layers run as a pipeline over the 'stage' mesh axis
+(`pipeline.*`), and the balancer's bins are its microbatches: M = pipeline.microbatches (0: 2S)
+bins per batch shard, laid out so that microbatch m on batch shard d is bin d * M + m
+(`BalancedBatches.row_bins`). With gpipe and circular the vision encoder, the embedding and the
+head run outside the pipeline on the whole batch, data parallel and replicated over 'stage'; with
+1f1b the first stage runs the encoder and embedding per microbatch and the last stage the head.
+DFLOP's division of the stages between encoder and decoder layers is planned by
+`parallel.balance.search_layout` (and simulated by benchmarks/balance.py), not executed here.
 """
 
 import dataclasses
@@ -41,9 +42,10 @@ from parallel.mesh import make_mesh
 from parallel.sharding import Rules, logical_to_spec, tree_shardings, use_rules
 from training import checkpoint as ckpt_lib
 from training import metrics as metrics_lib
+from training import pipelined
 from training import state as state_lib
 
-MODEL_INPUTS = ('images', 'tokens', 'image_slots', 'positions')
+EMBED_INPUTS = ('images', 'tokens', 'image_slots')  # MultimodalModel.embed's arguments
 
 
 def vision_config(config) -> VisionConfig:
@@ -59,13 +61,39 @@ def build(config, key: jax.Array):
   return model, nnx.Optimizer(model, state_lib.make_tx(config), wrt=nnx.Param)
 
 
+def weighted_nll(decoder, hidden, targets, weights) -> jax.Array:
+  """Per-row sums of `weights` x next-token loss from the decoder stack's outputs [B, T, d]."""
+  logits = decoder.logits(decoder.final_norm(hidden))
+  return jnp.sum(optax.softmax_cross_entropy_with_integer_labels(logits, targets) * weights, -1)
+
+
 def caption_loss(model, batch, aux_coef: float = 1.0) -> tuple[jax.Array, jax.Array]:
   """Mean next-token loss over caption targets (+ auxiliary loss) and the caption token count."""
-  logits, aux = model(*(batch[k] for k in MODEL_INPUTS))
-  nll = optax.softmax_cross_entropy_with_integer_labels(logits, batch['targets'])
-  weights = batch['weights']
-  count = jnp.sum(weights)
-  return jnp.sum(nll * weights) / jnp.maximum(count, 1.0) + aux_coef * aux, count
+  embedded = model.embed(*(batch[k] for k in EMBED_INPUTS))
+  hidden, aux = model.decoder.run_layers(embedded, batch['positions'])
+  count = jnp.sum(batch['weights'])
+  nll = weighted_nll(model.decoder, hidden, batch['targets'], batch['weights'])
+  return jnp.sum(nll) / jnp.maximum(count, 1.0) + aux_coef * aux, count
+
+
+def caption_value_and_grad(model, batch, aux_coef: float = 1.0):
+  """((caption_loss, count), grads); under 1F1B the backward runs inside the pipeline schedule,
+  the first stage running the vision encoder and embedding, the last the head."""
+  if not pipelined.uses_1f1b(model.decoder):
+    return nnx.value_and_grad(lambda m: caption_loss(m, batch, aux_coef), has_aux=True)(model)
+  count = jnp.sum(batch['weights'])
+  # Each caption token's share of the mean, so microbatch losses simply add up.
+  shares = batch['weights'] / jnp.maximum(count, 1.0)
+
+  def head_fn(m, hidden, head_inputs):
+    nll = weighted_nll(m.decoder, hidden, *head_inputs)
+    return jnp.sum(nll), nll
+
+  stats, grads = pipelined.value_and_grad(
+      model, ('decoder',), lambda m, inputs: m.embed(*inputs), head_fn,
+      tuple(batch[k] for k in EMBED_INPUTS), batch['positions'],
+      (batch['targets'], shares), aux_coef)
+  return (stats.loss + aux_coef * stats.aux, count), grads
 
 
 def make_update(graphdef, aux_coef: float = 1.0) -> Callable:
@@ -73,8 +101,7 @@ def make_update(graphdef, aux_coef: float = 1.0) -> Callable:
 
   def update(state, batch):
     model, opt = nnx.merge(graphdef, state)
-    grad_fn = nnx.value_and_grad(lambda m: caption_loss(m, batch, aux_coef), has_aux=True)
-    (loss, count), grads = grad_fn(model)
+    (loss, count), grads = caption_value_and_grad(model, batch, aux_coef)
     opt.update(model, grads)
     return nnx.state((model, opt)), {'loss': loss, 'grad_norm': optax.global_norm(grads),
                                      'tokens': count}
