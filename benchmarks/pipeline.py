@@ -12,13 +12,17 @@ bubble_measured_vs_analytic: the bubble fraction of gpipe and circular forward p
     ticks too, which biases it low; at the --quick sizes a tick is so short that those costs and
     8 device threads oversubscribing 2 cores make it erratic. Reported, not the headline.
 1f1b_vs_gpipe_memory: XLA's temporary memory per device (`compile().memory_analysis()`) of one
-  training step (loss and gradients) with 1F1B and with GPipe (remat of each tick, the cheapest
-  GPipe), at a fixed microbatch size for M = S and M = 4S (and 2S without --quick). GPipe keeps
-  every tick's stage input for its backward (M + S - 1 of them) and, being differentiated by JAX
-  after the pipeline, runs the head on all M microbatches at once; 1F1B keeps at most S stage
-  inputs and runs the head per microbatch on the last stage. `growth_per_microbatch` is the slope
-  of temp memory in M, in units of one stage input; 1F1B's remainder is its [M] input-cotangent
-  buffer, which the step returns.
+  training step (loss and gradients, from tokens) with 1F1B and with GPipe (remat of each tick,
+  the cheapest GPipe), at a fixed microbatch size for M = S and M = 4S (and 2S without --quick).
+  GPipe embeds the whole batch before the pipeline, keeps every tick's stage input for its
+  backward (M + S - 1 of them) and, being differentiated by JAX after the pipeline, runs the head
+  on all M microbatches at once; 1F1B embeds each microbatch on the first stage, keeps at most S
+  stage inputs and runs the head per microbatch on the last stage. `growth_per_microbatch` is the
+  slope of temp memory in M, in units of one stage input (1F1B's is its per-microbatch int32
+  tokens, targets and positions); `fixed_bytes` is the temp memory extrapolated to M = 0: one
+  microbatch's layer and head backward (at these sizes mostly [mb, heads, T, T] attention
+  tensors, 8 stage inputs each), which both schedules need and the target S / (M + S - 1), a
+  ratio of stage inputs alone, does not count.
 """
 
 import os
@@ -92,13 +96,14 @@ def step_memory(cfg: DecoderConfig, parts, schedule: str, microbatches: int, mb:
     losses = -jnp.take_along_axis(jax.nn.log_softmax(logits), targets[..., None], -1)[..., 0]
     return losses.sum() / (batch * cfg.max_len), losses.mean(-1)
 
-  def step(layers, rest, x, targets):
+  def step(layers, rest, inputs, targets):
     positions = jnp.broadcast_to(jnp.arange(cfg.max_len), targets.shape)
-    return pipeline.loss_and_grads(layer_fn, head_fn, pipe, layers, rest, x, positions, targets)
+    embed_fn = lambda rest, inputs: without_layers(rest).embed_tokens(inputs)
+    return pipeline.loss_and_grads(layer_fn, embed_fn, head_fn, pipe, layers, rest, inputs,
+                                   positions, targets)
 
-  x = jax.ShapeDtypeStruct((batch, cfg.max_len, cfg.d_model), jnp.float32)
-  targets = jax.ShapeDtypeStruct((batch, cfg.max_len), jnp.int32)
-  compiled = jax.jit(step).lower(layers, rest, x, targets).compile()
+  tokens = jax.ShapeDtypeStruct((batch, cfg.max_len), jnp.int32)
+  compiled = jax.jit(step).lower(layers, rest, tokens, tokens).compile()
   return compiled.memory_analysis().temp_size_in_bytes
 
 
@@ -110,15 +115,16 @@ def memory(quick: bool):
   counts = (STAGES, 4 * STAGES) if quick else (STAGES, 2 * STAGES, 4 * STAGES)
   parts = decoder_parts(cfg)
   temp = {s: [step_memory(cfg, parts, s, m, mb) for m in counts] for s in ('gpipe', '1f1b')}
-  slope = {s: (t[-1] - t[0]) / ((counts[-1] - counts[0]) * stage_input_bytes)
-           for s, t in temp.items()}
+  slope = {s: (t[-1] - t[0]) / (counts[-1] - counts[0]) for s, t in temp.items()}
   m = counts[-1]
   yield dict(name='1f1b_vs_gpipe_memory', stages=STAGES, microbatches=m,
              ratio=temp['1f1b'][-1] / temp['gpipe'][-1], baseline=temp['gpipe'][-1],
              target=STAGES / (m + STAGES - 1), temp_bytes_1f1b=temp['1f1b'][-1],
              temp_bytes_gpipe=temp['gpipe'][-1], microbatch_counts=list(counts),
              temp_bytes_by_m={s: dict(zip(counts, t)) for s, t in temp.items()},
-             stage_input_bytes=stage_input_bytes, growth_per_microbatch=slope)
+             stage_input_bytes=stage_input_bytes,
+             growth_per_microbatch={s: b / stage_input_bytes for s, b in slope.items()},
+             fixed_bytes={s: t[0] - slope[s] * counts[0] for s, t in temp.items()})
 
 
 def main():

@@ -141,9 +141,9 @@ def _validate_pipeline(c, sizes):
   import jax
   from parallel.pipeline import PipelineConfig
 
-  if c.model.kind != 'decoder':
-    raise ValueError(f"parallel.stage={c.parallel.stage} needs model.kind='decoder' (pipeline "
-                     f'stages are not wired into {c.model.kind!r})')
+  if c.model.kind not in ('decoder', 'multimodal'):
+    raise ValueError(f"parallel.stage={c.parallel.stage} needs model.kind='decoder' or "
+                     f"'multimodal' (pipeline stages are not wired into {c.model.kind!r})")
   inner = [a for a in ('fsdp', 'expert', 'tensor') if sizes[a] > 1]
   if inner and jax.default_backend() == 'cpu':
     # Collectives inside the bubble-skipping branches wait forever on the CPU runtime.

@@ -2,7 +2,8 @@
 
 The skewed workload (single images, multi-image sets, "videos"; `data/multimodal.py`) is packed
 per step into one row per batch shard by `parallel.balance`. `configs/multimodal.py:tiny` is the
-same job shrunk for tests.
+same job shrunk for tests; `:tiny_pipeline` runs it on 8 devices as 2 decoder pipeline stages x 4
+data shards, whose 2S = 4 microbatches per shard are the balancer's bins (training/multimodal.py).
 """
 
 import ml_collections
@@ -27,13 +28,17 @@ def get_config(arg=None):
   c.optim.update(lr=3e-3, warmup_steps=20)
   c.train.update(steps=300, batch_size=64, log_every=10)
   c.checkpoint.every = 100
-  if arg == 'tiny':
+  if arg in ('tiny', 'tiny_pipeline'):
     c.model.update(num_layers=2, d_model=32, num_heads=2, mlp_dim=64)
     c.vision.update(num_layers=1, d_model=32, num_heads=2, mlp_dim=64)
     c.balance.update(workload='dflop_tiny', max_tokens=4096)
     c.train.update(steps=4, batch_size=16, log_every=2, progress=False)
     c.optim.warmup_steps = 2
     c.checkpoint.every = 2
-  elif arg is not None:
-    raise ValueError(f"configs/multimodal.py: unknown variant {arg!r}; use 'tiny' or nothing")
+  if arg == 'tiny_pipeline':
+    c.parallel.update(stage=2, data=4)
+    c.train.batch_size = 32  # two samples per bin on average: 4 shards x 4 microbatches
+  elif arg not in (None, 'tiny'):
+    raise ValueError(f"configs/multimodal.py: unknown variant {arg!r}; use 'tiny', "
+                     "'tiny_pipeline' or nothing")
   return c

@@ -6,6 +6,8 @@ instead of a text embedding (an index into the row's flattened [I * tokens_per_i
 tokens, -1 for text), so every row only reads its own images and rows shard freely on `data`.
 The packing itself (which samples share a row, how rows and the image buffer are padded to
 static shapes) is decided outside the model, by `parallel.balance` and `data.multimodal`.
+With pipeline stages (the decoder's `stack_runner`) only the decoder's layers are split over the
+'stage' mesh axis; the encoder's parameters stay whole on every stage (training/multimodal.py).
 """
 
 import jax.numpy as jnp

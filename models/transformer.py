@@ -152,11 +152,12 @@ class Block(nnx.Module):
     return constrain(x, ('act_batch', 'act_len', 'act_embed'))
 
 
-def make_stack(cfg: DecoderConfig, rngs: nnx.Rngs, block_factory: Callable) -> nnx.Module:
-  """`num_layers` blocks created at once, parameters stacked on a leading 'layers' axis."""
+def make_stack(cfg: DecoderConfig, rngs: nnx.Rngs, block_factory: Callable,
+               axis_name: str = 'layers') -> nnx.Module:
+  """`num_layers` blocks created at once, parameters stacked on a leading `axis_name` axis."""
 
   @nnx.split_rngs(splits=cfg.num_layers)
-  @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: 'layers'})
+  @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: axis_name})
   def create(rngs):
     return block_factory(cfg, rngs)
 

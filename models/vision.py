@@ -2,11 +2,12 @@
 
 An image is cut into (image_size / patch_size)^2 patches; each patch is one encoder token. The
 blocks reuse the decoder's RMSNorm and SwiGLU with bidirectional attention inside each image, and
-are stacked on a leading 'layers' axis by `make_stack`, so the same `scan_stack` (and pipeline
-stages) run them. A pixel shuffle (InternVL-style) folds each `shuffle` x `shuffle` block of
-patches into one token, so the decoder sees fewer tokens per image than the encoder runs; a
-two-layer projector maps them to the decoder width. Those tokens are what `models.multimodal`
-places before the text.
+are stacked by `make_stack` and run by the same `scan_stack`. Their stacked axis is named
+'encoder_layers', not the decoder's 'layers': no sharding rule maps it, so the encoder stays whole
+on every pipeline stage (`parallel.stage` splits the decoder's layers only). A pixel shuffle
+(InternVL-style) folds each `shuffle` x `shuffle` block of patches into one token, so the decoder
+sees fewer tokens per image than the encoder runs; a two-layer projector maps them to the decoder
+width. Those tokens are what `models.multimodal` places before the text.
 """
 
 import dataclasses
@@ -102,7 +103,7 @@ class VisionEncoder(nnx.Module):
     self.patch_embed = param(rngs, (patch_pixels, d), ('patch', 'embed'), patch_pixels ** -0.5, pd)
     self.pos_embed = param(rngs, (cfg.patches_per_side ** 2, d), ('patch_pos', 'embed'),
                            cfg.init_scale, pd)
-    self.layers = make_stack(block_cfg, rngs, EncoderBlock)
+    self.layers = make_stack(block_cfg, rngs, EncoderBlock, axis_name='encoder_layers')
     self.final_norm = RMSNorm(d, pd)
     folded = d * cfg.shuffle ** 2
     self.proj_in = param(rngs, (folded, out_dim), ('embed', 'mlp'), folded ** -0.5, pd)

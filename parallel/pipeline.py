@@ -5,8 +5,9 @@ Each device runs its own program inside `jax.shard_map`, manual over 'stage' and
 parameters are the same stacked layer state the sequential scan consumes: a leading layers axis of
 L = S * R * K layers, laid out so that stage s runs layers (r * S + s) * K ... + K - 1 on its r-th
 repeat. The module knows layers and stages, not models or losses: the caller passes
-`layer_fn(layer_params, x, extras) -> (x, aux)` and, for training, `head_fn(head_params, y,
-head_inputs) -> (loss, stats)` for one microbatch.
+`layer_fn(layer_params, x, extras) -> (x, aux)` and, for training, `embed_fn(params, inputs) -> x`
+and `head_fn(params, y, head_inputs) -> (loss, stats)` for one microbatch, `params` being what the
+model holds around its stack.
 
 Schedules (S stages, M microbatches, R repeats), in ticks of one stage-step each:
   gpipe     forward in M + S - 1 ticks; the backward is JAX's transpose of the same loop, so every
@@ -16,8 +17,10 @@ Schedules (S stages, M microbatches, R repeats), in ticks of one stage-step each
   1f1b      forward and backward interleaved by hand in 2 * (M + S - 1) ticks: stage s runs the
             forward of microbatch m at tick s + 2m and its backward at tick 2S - 1 - s + 2m, so it
             holds at most S - s stage inputs at once whatever M is. The backward recomputes the
-            stage forward from the stashed input (`jax.vjp`), the last stage applies the head, and
-            parameter gradients accumulate on their own stage.
+            stage forward from the stashed input (`jax.vjp`); the first stage embeds each
+            microbatch and finishes its embedding backward, the last stage applies the head, and
+            parameter gradients accumulate on their own stage. Nothing of size M x activation is
+            kept: only the inputs (e.g. tokens) and the head's per-example stats are per batch.
 
 A tick whose stage has no microbatch to work on is a bubble; `lax.cond` skips its compute. With
 `skip_bubbles=False` (gpipe/circular) bubble ticks compute on zeros instead, as GSPMD pipelines do:
@@ -46,6 +49,7 @@ SCHEDULES = ('gpipe', 'circular', '1f1b')
 AXIS = 'stage'
 
 LayerFn = Callable[[Any, jax.Array, Any], tuple[jax.Array, jax.Array]]
+EmbedFn = Callable[[Any, Any], jax.Array]
 HeadFn = Callable[[Any, jax.Array, Any], tuple[jax.Array, Any]]
 
 
@@ -171,8 +175,9 @@ def _stage_fn(layer_fn: LayerFn):
   return run
 
 
-def _blank(x: jax.Array, cfg: PipelineConfig) -> jax.Array:
-  return jnp.full_like(x, jnp.nan if cfg.pollute_bubbles else 0)
+def _blank(like, cfg: PipelineConfig) -> jax.Array:
+  """Bubble state shaped like `like` (an array or a ShapeDtypeStruct)."""
+  return jnp.full(like.shape, jnp.nan if cfg.pollute_bubbles else 0, like.dtype)
 
 
 def _varying(tree, axes):
@@ -290,141 +295,153 @@ def forward(layer_fn: LayerFn, cfg: PipelineConfig, stacked, x, extras):
   return merge_microbatches(buf[-1]), jnp.sum(aux) / m, useful
 
 
-def _one_f_one_b_ticks(layer_fn: LayerFn, head_fn: HeadFn, cfg: PipelineConfig, specs: _Specs,
-                       aux_weight: float, staged, head_params, xs, extras, head_inputs):
+def _one_f_one_b_ticks(layer_fn: LayerFn, embed_fn: EmbedFn, head_fn: HeadFn, cfg: PipelineConfig,
+                       specs: _Specs, aux_weight: float, staged, params, inputs, extras,
+                       head_inputs):
   """The 1F1B program of one device: at tick t stage s runs the forward of microbatch (t - s) / 2
   when t - s is even, else the backward of microbatch (t - 2S + 1 + s) / 2; neighbours always run
-  opposite kinds, so activations flow up and cotangents down one stage per tick."""
+  opposite kinds, so activations flow up and cotangents down one stage per tick. Stage 0 embeds a
+  microbatch in its forward and finishes the embedding's backward in its own, so no per-microbatch
+  activation or cotangent outlives its microbatch's backward."""
   s_count, m_count = cfg.stages, cfg.num_microbatches
   stage = jax.lax.axis_index(AXIS)
-  is_last = stage == s_count - 1
+  is_first, is_last = stage == 0, stage == s_count - 1
   # Per-device copies: gradients accumulate locally and are summed over batch shards once at the
   # end (differentiating a replicated value would psum its cotangent inside the branch instead).
-  params = _varying(jax.tree.map(lambda a: a[0, 0], staged), specs.manual)  # [K, ...]
-  head_params = _varying(head_params, specs.manual)
+  layers = _varying(jax.tree.map(lambda a: a[0, 0], staged), specs.manual)  # [K, ...]
+  params = _varying(params, specs.manual)
   run_stage = _stage_fn(layer_fn)
-  mb_stats = jax.eval_shape(
-      lambda: head_fn(head_params, xs[0], jax.tree.map(lambda a: a[0], head_inputs))[1])
+  microbatch = lambda tree, mb: jax.tree.map(lambda a: a[mb], tree)
+  embed = lambda params, mb: embed_fn(params, microbatch(inputs, mb))
+  blank = _blank(jax.eval_shape(embed, params, 0), cfg)
+  mb_stats = jax.eval_shape(lambda: head_fn(params, blank, microbatch(head_inputs, 0))[1])
   num_shards = jax.lax.psum(1, specs.batch_axes)
   aux_cotangent = jnp.asarray(aux_weight / m_count, jnp.float32) / num_shards
+  zeros = lambda t: jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), t)
 
   class Acc(NamedTuple):
-    stash: jax.Array  # [S, mb, ...] stage inputs awaiting their backward, slot m % S
-    grads: Any
-    head_grads: Any
-    dxs: jax.Array  # [M, mb, ...] input cotangents (stage 0)
+    grads: Any  # of this stage's layers
+    param_grads: Any  # of `params`: the embedding's on stage 0, the head's on the last stage
     stats: Any  # [M, mb, ...] head stats (last stage)
     loss: jax.Array
     aux: jax.Array
 
-  def forward_step(acc, mb, from_below, from_above):
-    del from_above
-    x = jnp.where(stage == 0, xs[mb], from_below)
-    y, aux = run_stage(params, x, extras[mb])
-    return y, acc._replace(stash=acc.stash.at[mb % s_count].set(x), aux=acc.aux + aux)
+  def forward_step(acc, mb, stashed, from_below, from_above):
+    del stashed, from_above
+    x = jax.lax.cond(is_first, lambda: _varying(embed(params, mb), specs.manual),
+                     lambda: from_below)
+    y, aux = run_stage(layers, x, extras[mb])
+    return y, x, acc._replace(aux=acc.aux + aux)
 
-  def backward_step(acc, mb, from_below, from_above):
+  def backward_step(acc, mb, stashed, from_below, from_above):
     del from_below
-    x = acc.stash[mb % s_count]
-    (y, _), pullback = jax.vjp(lambda p, x: run_stage(p, x, extras[mb]), params, x)
-    head_in = jax.tree.map(lambda a: a[mb], head_inputs)
+    (y, _), pullback = jax.vjp(lambda p, x: run_stage(p, x, extras[mb]), layers, stashed)
 
     def head_grad():
       (loss, stats), (d_head, dy) = jax.value_and_grad(head_fn, argnums=(0, 1), has_aux=True)(
-          head_params, y, head_in)
+          params, y, microbatch(head_inputs, mb))
       return loss, stats, d_head, dy
 
     def passed_down():
-      zeros = lambda t: jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), t)
-      return _varying((jnp.zeros((), jnp.float32), zeros(mb_stats), zeros(head_params), from_above),
+      return _varying((jnp.zeros((), jnp.float32), zeros(mb_stats), zeros(params), from_above),
                       specs.manual)
 
     loss, stats, d_head, dy = jax.lax.cond(is_last, head_grad, passed_down)
-    d_params, dx = pullback((dy, aux_cotangent))
-    add = lambda a, b: jax.tree.map(jnp.add, a, b)
-    return dx, acc._replace(
-        grads=add(acc.grads, d_params), head_grads=add(acc.head_grads, d_head),
-        dxs=acc.dxs.at[mb].set(dx),
+    d_layers, dx = pullback((dy, aux_cotangent))
+    embed_grad = lambda: _varying(jax.vjp(lambda p: embed(p, mb), params)[1](dx)[0], specs.manual)
+    d_embed = jax.lax.cond(is_first, embed_grad, lambda: _varying(zeros(params), specs.manual))
+    add = lambda *trees: jax.tree.map(lambda *a: sum(a), *trees)
+    return dx, stashed, acc._replace(
+        grads=add(acc.grads, d_layers), param_grads=add(acc.param_grads, d_head, d_embed),
         stats=jax.tree.map(lambda buf, s: buf.at[mb].set(s), acc.stats, stats),
         loss=acc.loss + loss)
 
-  def idle(acc, mb, from_below, from_above):
+  def idle(acc, mb, stashed, from_below, from_above):
     del mb, from_above
-    return from_below, acc
+    return from_below, stashed, acc
 
   def tick(carry, t):
-    from_below, from_above, acc, useful = carry
+    from_below, from_above, stash, acc, useful = carry
     fwd_index, bwd_index = t - stage, t - (2 * s_count - 1 - stage)
     is_fwd = fwd_index % 2 == 0
     index = jnp.where(is_fwd, fwd_index, bwd_index)
     valid = (index >= 0) & (index < 2 * m_count)
     op = jnp.where(valid, jnp.where(is_fwd, 1, 2), 0)
-    out, acc = jax.lax.switch(op, (idle, forward_step, backward_step), acc, index // 2, from_below,
-                              from_above)
+    # Stage inputs wait in stash slot m % S for their backward. The stash stays out of the
+    # branches (they return what the slot should hold): a carried buffer updated inside a branch
+    # is copied by XLA, S more stage inputs of temporary memory.
+    mb = index // 2
+    slot = mb % s_count
+    out, to_stash, acc = jax.lax.switch(op, (idle, forward_step, backward_step), acc, mb,
+                                        stash[slot], from_below, from_above)
+    stash = stash.at[slot].set(to_stash)
     # Every stage sends `out` both ways; a receiver's next tick needs exactly one of the two.
-    return (_shift(out, s_count, 1), _shift(out, s_count, -1), acc, useful + valid), None
+    return (_shift(out, s_count, 1), _shift(out, s_count, -1), stash, acc, useful + valid), None
 
-  blank = _blank(xs[0], cfg)
   stats = jax.tree.map(lambda s: jnp.zeros((m_count, *s.shape), s.dtype), mb_stats)
-  acc = Acc(stash=jnp.stack([blank] * s_count), grads=jax.tree.map(jnp.zeros_like, params),
-            head_grads=jax.tree.map(jnp.zeros_like, head_params), dxs=jnp.zeros_like(xs),
-            stats=stats, loss=jnp.zeros((), jnp.float32), aux=jnp.zeros((), jnp.float32))
-  init = _varying((blank, blank, acc, jnp.zeros((), jnp.int32)), specs.manual)
-  (_, _, acc, useful), _ = jax.lax.scan(tick, init, jnp.arange(cfg.ticks))
+  acc = Acc(grads=zeros(layers), param_grads=zeros(params), stats=stats,
+            loss=jnp.zeros((), jnp.float32), aux=jnp.zeros((), jnp.float32))
+  init = _varying((blank, blank, jnp.stack([blank] * s_count), acc, jnp.zeros((), jnp.int32)),
+                  specs.manual)
+  (_, _, _, acc, useful), _ = jax.lax.scan(tick, init, jnp.arange(cfg.ticks))
   total = lambda t: jax.lax.psum(t, specs.batch_axes)
   grads = jax.tree.map(lambda g: g[None, None], total(acc.grads))  # [S, R=1, K, ...] outside
-  return (grads, _per_stage(total(acc.head_grads)), _per_stage(acc.dxs), _per_stage(acc.stats),
-          _per_stage(total(acc.loss)), _per_stage(jax.lax.pmean(acc.aux, specs.batch_axes)),
+  # Stage 0 holds the embedding's share, the last stage the head's: their sum is replicated.
+  param_grads = jax.lax.psum(acc.param_grads, specs.manual)
+  return (grads, param_grads, _per_stage(acc.stats), _per_stage(total(acc.loss)),
+          _per_stage(jax.lax.pmean(acc.aux, specs.batch_axes)),
           _per_stage(jax.lax.pmax(useful, specs.batch_axes)))
 
 
-def loss_and_grads(layer_fn: LayerFn, head_fn: HeadFn, cfg: PipelineConfig, stacked, head_params,
-                   x, extras, head_inputs, aux_weight: float = 0.0):
-  """Loss and gradients of `sum_m head_fn(head_params, stack(x_m), head_inputs_m)[0] + aux_weight
-  * aux` over the M microbatches, with any schedule.
+def loss_and_grads(layer_fn: LayerFn, embed_fn: EmbedFn, head_fn: HeadFn, cfg: PipelineConfig,
+                   stacked, params, inputs, extras, head_inputs, aux_weight: float = 0.0):
+  """Loss and gradients of `sum_m head_fn(params, stack(embed_fn(params, inputs_m)),
+  head_inputs_m)[0] + aux_weight * aux` over the M microbatches, with any schedule.
 
-  x [B, ...] is the stack input (e.g. embeddings), extras [B, ...] per-example side inputs every
-  layer sees (e.g. positions), head_inputs [B, ...] what the head needs (e.g. targets). head_fn
-  sees a microbatch, or its shard along `batch_axes` under 1F1B, and returns that part's additive
-  share of the loss (e.g. a sum of token losses times weights normalized over the whole batch) and
-  per-example stats. Returns (Stats, (stacked_grads, head_grads, x_grad)); x_grad lets the caller
-  finish the backward of whatever produced x.
+  `params` are what embed_fn and head_fn read (e.g. the model around its stack), inputs [B, ...]
+  what embed_fn turns into the stack input (e.g. tokens), extras [B, ...] per-example side inputs
+  every layer sees (e.g. positions), head_inputs [B, ...] what the head needs (e.g. targets); each
+  may be a pytree. Under 1F1B, embed_fn and head_fn see a microbatch (its shard along
+  `batch_axes`), on the first and the last stage; head_fn returns that part's additive share of
+  the loss (e.g. a sum of token losses times weights normalized over the whole batch) and
+  per-example stats. Returns (Stats, (stacked_grads, params_grads)).
   """
   cfg = cfg.for_mesh()
   if cfg.schedule != '1f1b':
-    return _autodiff_loss_and_grads(layer_fn, head_fn, cfg, stacked, head_params, x, extras,
-                                    head_inputs, aux_weight)
-  cfg.check(jax.tree.leaves(stacked)[0].shape[0], x.shape[0])
+    return _autodiff_loss_and_grads(layer_fn, embed_fn, head_fn, cfg, stacked, params, inputs,
+                                    extras, head_inputs, aux_weight)
+  cfg.check(jax.tree.leaves(stacked)[0].shape[0], jax.tree.leaves(inputs)[0].shape[0])
   m, specs = cfg.num_microbatches, _specs(cfg)
   program = jax.shard_map(
-      functools.partial(_one_f_one_b_ticks, layer_fn, head_fn, cfg, specs, aux_weight),
+      functools.partial(_one_f_one_b_ticks, layer_fn, embed_fn, head_fn, cfg, specs, aux_weight),
       in_specs=(specs.staged, specs.replicated, specs.microbatched, specs.microbatched,
                 specs.microbatched),
-      out_specs=(specs.staged, specs.staged, specs.stage_microbatched, specs.stage_microbatched,
-                 specs.staged, specs.staged, specs.staged),
+      out_specs=(specs.staged, specs.replicated, specs.stage_microbatched, specs.staged,
+                 specs.staged, specs.staged),
       axis_names=set(specs.manual))
-  grads, head_grads, dxs, stats, loss, aux, useful = program(
-      to_stages(stacked, cfg), head_params, split_microbatches(x, m),
+  grads, param_grads, stats, loss, aux, useful = program(
+      to_stages(stacked, cfg), params, split_microbatches(inputs, m),
       split_microbatches(extras, m), split_microbatches(head_inputs, m))
   last = lambda t: jax.tree.map(lambda a: a[-1], t)
   result = Stats(loss=loss[-1], aux=jnp.sum(aux) / m, head_stats=merge_microbatches(last(stats)),
                  useful_ticks=useful)
-  return result, (from_stages(grads), last(head_grads), merge_microbatches(dxs[0]))
+  return result, (from_stages(grads), param_grads)
 
 
-def _autodiff_loss_and_grads(layer_fn, head_fn, cfg, stacked, head_params, x, extras, head_inputs,
-                             aux_weight):
-  """gpipe / circular: JAX differentiates the forward pipeline; the head runs per microbatch."""
+def _autodiff_loss_and_grads(layer_fn, embed_fn, head_fn, cfg, stacked, params, inputs, extras,
+                             head_inputs, aux_weight):
+  """gpipe / circular: JAX differentiates the embedding and the forward pipeline of the whole
+  batch; the head runs per microbatch."""
   m = cfg.num_microbatches
 
-  def objective(stacked, head_params, x):
-    y, aux, useful = forward(layer_fn, cfg, stacked, x, extras)
+  def objective(stacked, params):
+    y, aux, useful = forward(layer_fn, cfg, stacked, embed_fn(params, inputs), extras)
     losses, stats = jax.vmap(head_fn, in_axes=(None, 0, 0))(
-        head_params, split_microbatches(y, m), split_microbatches(head_inputs, m))
+        params, split_microbatches(y, m), split_microbatches(head_inputs, m))
     loss = jnp.sum(losses)
     return loss + aux_weight * aux, Stats(loss, aux, merge_microbatches(stats), useful)
 
-  grads, result = jax.grad(objective, argnums=(0, 1, 2), has_aux=True)(stacked, head_params, x)
+  grads, result = jax.grad(objective, argnums=(0, 1), has_aux=True)(stacked, params)
   return result, grads
 
 

@@ -2,11 +2,20 @@
 
 `main.py` reaches `run` for presets with `model.kind = 'multimodal'` (configs/multimodal.py). Each
 step takes the next `train.batch_size` samples of a seeded epoch order, assigns them to one packed
-row per batch shard (`parallel.balance`: LPT or CP-SAT over encoder and decoder cost), pads the
-rows to a shared bucket shape and runs a jitted data-parallel update. Every distinct bucket shape
-compiles once. The data order depends on the step only, so a resumed run sees what an
-uninterrupted one sees; the balancer's adaptive-correction state is saved with each checkpoint.
-Pipeline stages are not used here (`parallel.stage` must be 1).
+row per bin (`parallel.balance`: LPT or CP-SAT over encoder and decoder cost), pads the rows to a
+shared bucket shape and runs a jitted update. Every distinct bucket shape compiles once. The data
+order depends on the step only, so a resumed run sees what an uninterrupted one sees; the
+balancer's adaptive-correction state is saved with each checkpoint.
+
+Without pipeline stages there is one bin per batch shard (parallel.data x parallel.fsdp). With
+`parallel.stage` S > 1 the decoder's layers run as a pipeline over the 'stage' mesh axis
+(`pipeline.*`), and the balancer's bins are its microbatches: M = pipeline.microbatches (0: 2S)
+bins per batch shard, laid out so that microbatch m on batch shard d is bin d * M + m
+(`BalancedBatches.row_bins`). With gpipe and circular the vision encoder, the embedding and the
+head run outside the pipeline on the whole batch, data parallel and replicated over 'stage'; with
+1f1b the first stage runs the encoder and embedding per microbatch and the last stage the head.
+DFLOP's division of the stages between encoder and decoder layers is planned by
+`parallel.balance.search_layout` (and simulated by benchmarks/balance.py), not executed here.
 """
 
 import dataclasses
@@ -28,14 +37,15 @@ from data import multimodal as mm
 from models.multimodal import MultimodalModel
 from models.transformer import flops_per_token
 from models.vision import VisionConfig
-from parallel import balance
+from parallel import balance, pipeline
 from parallel.mesh import make_mesh
 from parallel.sharding import Rules, logical_to_spec, tree_shardings, use_rules
 from training import checkpoint as ckpt_lib
 from training import metrics as metrics_lib
+from training import pipelined
 from training import state as state_lib
 
-MODEL_INPUTS = ('images', 'tokens', 'image_slots', 'positions')
+EMBED_INPUTS = ('images', 'tokens', 'image_slots')  # MultimodalModel.embed's arguments
 
 
 def vision_config(config) -> VisionConfig:
@@ -47,16 +57,43 @@ def build(config, key: jax.Array):
   """(model, optimizer) as live nnx objects; used under `nnx.eval_shape` and inside jit."""
   model = MultimodalModel(vision_config(config), state_lib.decoder_config(config),
                           nnx.Rngs(params=key))
+  model.decoder.stack_runner = state_lib.stack_runner(config)
   return model, nnx.Optimizer(model, state_lib.make_tx(config), wrt=nnx.Param)
+
+
+def weighted_nll(decoder, hidden, targets, weights) -> jax.Array:
+  """Per-row sums of `weights` x next-token loss from the decoder stack's outputs [B, T, d]."""
+  logits = decoder.logits(decoder.final_norm(hidden))
+  return jnp.sum(optax.softmax_cross_entropy_with_integer_labels(logits, targets) * weights, -1)
 
 
 def caption_loss(model, batch, aux_coef: float = 1.0) -> tuple[jax.Array, jax.Array]:
   """Mean next-token loss over caption targets (+ auxiliary loss) and the caption token count."""
-  logits, aux = model(*(batch[k] for k in MODEL_INPUTS))
-  nll = optax.softmax_cross_entropy_with_integer_labels(logits, batch['targets'])
-  weights = batch['weights']
-  count = jnp.sum(weights)
-  return jnp.sum(nll * weights) / jnp.maximum(count, 1.0) + aux_coef * aux, count
+  embedded = model.embed(*(batch[k] for k in EMBED_INPUTS))
+  hidden, aux = model.decoder.run_layers(embedded, batch['positions'])
+  count = jnp.sum(batch['weights'])
+  nll = weighted_nll(model.decoder, hidden, batch['targets'], batch['weights'])
+  return jnp.sum(nll) / jnp.maximum(count, 1.0) + aux_coef * aux, count
+
+
+def caption_value_and_grad(model, batch, aux_coef: float = 1.0):
+  """((caption_loss, count), grads); under 1F1B the backward runs inside the pipeline schedule,
+  the first stage running the vision encoder and embedding, the last the head."""
+  if not pipelined.uses_1f1b(model.decoder):
+    return nnx.value_and_grad(lambda m: caption_loss(m, batch, aux_coef), has_aux=True)(model)
+  count = jnp.sum(batch['weights'])
+  # Each caption token's share of the mean, so microbatch losses simply add up.
+  shares = batch['weights'] / jnp.maximum(count, 1.0)
+
+  def head_fn(m, hidden, head_inputs):
+    nll = weighted_nll(m.decoder, hidden, *head_inputs)
+    return jnp.sum(nll), nll
+
+  stats, grads = pipelined.value_and_grad(
+      model, ('decoder',), lambda m, inputs: m.embed(*inputs), head_fn,
+      tuple(batch[k] for k in EMBED_INPUTS), batch['positions'],
+      (batch['targets'], shares), aux_coef)
+  return (stats.loss + aux_coef * stats.aux, count), grads
 
 
 def make_update(graphdef, aux_coef: float = 1.0) -> Callable:
@@ -64,8 +101,7 @@ def make_update(graphdef, aux_coef: float = 1.0) -> Callable:
 
   def update(state, batch):
     model, opt = nnx.merge(graphdef, state)
-    grad_fn = nnx.value_and_grad(lambda m: caption_loss(m, batch, aux_coef), has_aux=True)
-    (loss, count), grads = grad_fn(model)
+    (loss, count), grads = caption_value_and_grad(model, batch, aux_coef)
     opt.update(model, grads)
     return nnx.state((model, opt)), {'loss': loss, 'grad_norm': optax.global_norm(grads),
                                      'tokens': count}
@@ -99,12 +135,23 @@ def flop_cost_model(vision_cfg: VisionConfig, decoder_cfg, rate: float = 1e10) -
   return balance.CostModel(flat(per_image), flat(per_token))
 
 
-class BalancedBatches:
-  """Host-side batches: step -> packed rows of that step's samples, balanced by predicted cost."""
+def microbatches(config, stages: int) -> int:
+  """Pipeline microbatches per step, 1 without pipeline stages (parallel.stage=1)."""
+  if config.parallel.stage == 1:
+    return 1
+  return pipeline.PipelineConfig(stages=stages, **config.pipeline).num_microbatches
 
-  def __init__(self, source, config, num_rows: int, cost: balance.CostModel, tokens_per_image: int):
+
+class BalancedBatches:
+  """Host-side batches: step -> packed rows of that step's samples, balanced by predicted cost
+  into `num_shards` x `microbatches` bins."""
+
+  def __init__(self, source, config, num_shards: int, cost: balance.CostModel,
+               tokens_per_image: int, microbatches: int = 1):
     b = config.balance
-    self.source, self.num_rows, self.cost = source, num_rows, cost
+    self.source, self.cost = source, cost
+    self.num_shards, self.microbatches = num_shards, microbatches
+    self.num_bins = num_shards * microbatches
     self.tokens_per_image = tokens_per_image
     self.batch_size, self.seed = config.train.batch_size, config.train.seed
     self.solver, self.time_limit_s = b.solver, b.time_limit_s
@@ -122,16 +169,26 @@ class BalancedBatches:
   def __call__(self, step: int) -> tuple[dict, dict]:
     examples = [self.source[int(i)] for i in self.indices(step)]
     tiles, tokens = mm.sample_sizes(examples, self.tokens_per_image)
-    packing, solver = balance.balance(self.cost, tiles, tokens, self.num_rows, self.image_ladder,
+    packing, solver = balance.balance(self.cost, tiles, tokens, self.num_bins, self.image_ladder,
                                       self.token_ladder, self.solver, self.time_limit_s)
-    # Oversized samples add rows; round up to whole rows per batch shard with empty rows.
-    rows = -(-packing.num_bins // self.num_rows) * self.num_rows
-    groups = [[examples[i] for i in np.flatnonzero(packing.bins == j)] for j in range(rows)]
+    # Oversized samples add bins; round up to whole rows per shard and microbatch with empty rows.
+    rows = -(-packing.num_bins // self.num_bins) * self.num_bins
+    groups = [[examples[i] for i in np.flatnonzero(packing.bins == j)] for j in self.row_bins(rows)]
     shape = packing.shapes.max(0)
     batch = mm.pack_rows(groups, int(shape[0]), int(shape[1]), self.tokens_per_image)
     info = {'real_tokens': int(tokens.sum()), 'shape': (int(shape[0]), int(shape[1])),
             'rows': rows, 'solver': solver}
     return batch, info
+
+  def row_bins(self, rows: int) -> np.ndarray:
+    """The bin packed into each of `rows` rows.
+
+    Rows are block-sharded over the batch shards, and `pipeline.split_microbatches` puts row r in
+    microbatch r % M. The balanced bins 0 .. num_bins - 1 therefore take the first M rows of each
+    shard's block (bin d * M + m: shard d, microbatch m); extra bins fill the shards' later rows.
+    """
+    per_slot = (self.num_shards, self.microbatches)
+    return np.arange(rows).reshape(-1, *per_slot).swapaxes(0, 1).reshape(-1)
 
 
 def run(config, workdir: str, devices=None) -> dict:
@@ -141,12 +198,8 @@ def run(config, workdir: str, devices=None) -> dict:
   prepare_workdir(workdir)
   devices = list(devices if devices is not None else jax.devices())
   sizes = base.validate(config, len(devices))
-  if sizes['stage'] > 1:
-    raise ValueError(f'parallel.stage={sizes["stage"]}: model.kind=multimodal trains data '
-                     'parallel only; set parallel.stage=1')
   mesh = make_mesh(sizes, devices)
   rules = tuple(tuple(r) for r in config.parallel.rules)
-  num_rows = sizes['data'] * sizes['fsdp']
   abstract = nnx.eval_shape(lambda: build(config, jax.random.key(0)))
   graphdef, abstract_state = nnx.split(abstract)
   shardings = tree_shardings(nnx.get_partition_spec(abstract_state), mesh, rules)
@@ -177,7 +230,8 @@ def run(config, workdir: str, devices=None) -> dict:
   vision_cfg, decoder_cfg = vision_config(config), state_lib.decoder_config(config)
   cost = flop_cost_model(vision_cfg, decoder_cfg)
   source = mm.load(config.data.data_dir or lm.default_data_dir(), config.balance.workload)
-  batches = BalancedBatches(source, config, num_rows, cost, vision_cfg.tokens_per_image)
+  batches = BalancedBatches(source, config, sizes['data'] * sizes['fsdp'], cost,
+                            vision_cfg.tokens_per_image, microbatches(config, sizes['stage']))
   writer = metrics_lib.MetricsWriter(workdir)
   last, window = {}, []
   while step < config.train.steps:

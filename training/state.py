@@ -1,6 +1,7 @@
 """Model and optimizer construction, sharded from the start by the logical axis rules."""
 
 import dataclasses
+from typing import Optional
 
 import jax
 import optax
@@ -21,12 +22,19 @@ def reversible_config(config) -> reversible.ReversibleConfig:
       'coupling', 'fixed_point_tol', 'fixed_point_max_iters')})
 
 
+def stack_runner(config) -> Optional[pipeline.StackRunner]:
+  """A decoder's `stack_runner`: pipeline stages over the mesh's stage axis when parallel.stage
+  is not 1, else None (the scan)."""
+  if config.parallel.stage == 1:
+    return None
+  return pipeline.StackRunner(pipeline.PipelineConfig(
+      stages=0, batch_axes=pipeline.batch_axes(config.parallel.rules), **config.pipeline))
+
+
 def make_model(config, key: jax.Array) -> nnx.Module:
   if config.model.kind == 'decoder':
     model = transformer.Decoder(decoder_config(config), nnx.Rngs(params=key))
-    if config.parallel.stage != 1:  # stages over the mesh's stage axis
-      model.stack_runner = pipeline.StackRunner(pipeline.PipelineConfig(
-          stages=0, batch_axes=pipeline.batch_axes(config.parallel.rules), **config.pipeline))
+    model.stack_runner = stack_runner(config)
     return model
   if config.model.kind == 'moe':
     return transformer.Decoder(decoder_config(config, moe.MoEConfig), nnx.Rngs(params=key),
