@@ -43,21 +43,21 @@ class Checkpoints:
   def latest_step(self) -> Optional[int]:
     return self._manager.latest_step()
 
-  def restore(self, abstract_state, abstract_cstate, check_config) -> Optional[Restored]:
+  def restore(self, abstract_state, abstract_cstate, config: dict) -> Optional[Restored]:
     """The newest readable checkpoint, or None when there is none at all.
 
-    `check_config(saved_config_dict)` runs before any array is read, so an incompatible config is
-    reported as such (it raises) instead of surfacing as a shape error.
+    The saved config is compared with `config` before any array is read, so an incompatible
+    config is refused by name instead of surfacing as a shape error.
     """
     steps = sorted(self._manager.all_steps(), reverse=True)
     for step in steps:
       try:
-        config = self._manager.restore(
+        saved = self._manager.restore(
             step, args=ocp.args.Composite(config=ocp.args.JsonRestore())).config
       except Exception as e:  # orbax raises many types for damaged files
         self._report_unreadable(step, e)
         continue
-      check_config(config, step)
+      refuse_incompatible(saved, config, step)
       try:
         r = self._manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract_state),
@@ -66,7 +66,7 @@ class Checkpoints:
       except Exception as e:
         self._report_unreadable(step, e)
         continue
-      return Restored(step, r.state, r.curriculum, r.data, config)
+      return Restored(step, r.state, r.curriculum, r.data, saved)
     if steps:
       raise RuntimeError(f'no readable checkpoint among steps {steps} in {self._manager.directory}')
     return None
@@ -99,3 +99,10 @@ def incompatible_keys(saved: dict, current: dict) -> list[str]:
   a, b = flatten(saved), flatten(json.loads(json.dumps(current)))
   changed = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
   return [k for k in changed if not k.startswith(RESUMABLE_CHANGES)]
+
+
+def refuse_incompatible(saved: dict, current: dict, step: int):
+  bad = incompatible_keys(saved, current)
+  if bad:
+    raise ValueError(f'config differs from the checkpoint at step {step} in {", ".join(bad)}; '
+                     'use a new --workdir or restore these values')

@@ -134,19 +134,13 @@ class Trainer:
 
   def initial_state(self):
     """(step, state, cstate, data item) from the latest readable checkpoint, or fresh."""
-    restored = self.checkpoints.restore(self.abstract, self.abstract_c, self._check_resumable)
+    restored = self.checkpoints.restore(self.abstract, self.abstract_c, self.config.to_dict())
     if restored is None:
       _, state, _ = state_lib.init_state(self.config, self.mesh, self.rules, self.init_key)
       cstate = jax.jit(self.curriculum.init, out_shardings=self.c_shardings)(self.curriculum_key)
       return 0, state, cstate, {}
     logging.info('resuming from step %d', restored.step)
     return restored.step, restored.state, restored.curriculum, restored.data
-
-  def _check_resumable(self, saved_config: dict, step: int):
-    bad = ckpt_lib.incompatible_keys(saved_config, self.config.to_dict())
-    if bad:
-      raise ValueError(f'config differs from the checkpoint at step {step} in '
-                       f'{", ".join(bad)}; use a new --workdir or restore these values')
 
   def save(self, step, state, cstate, next_indices):
     data = {'mode': self.config.data.mode}

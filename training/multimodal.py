@@ -212,13 +212,7 @@ def run(config, workdir: str, devices=None) -> dict:
   checkpoints = ckpt_lib.Checkpoints(os.path.join(workdir, 'checkpoints'),
                                      config.checkpoint.max_to_keep, config.checkpoint.async_save)
 
-  def check_resumable(saved, step):
-    bad = ckpt_lib.incompatible_keys(saved, config.to_dict())
-    if bad:
-      raise ValueError(f'config differs from the checkpoint at step {step} in {", ".join(bad)}; '
-                       'use a new --workdir or restore these values')
-
-  restored = checkpoints.restore(abstract_state, correction, check_resumable)
+  restored = checkpoints.restore(abstract_state, correction, config.to_dict())
   if restored is None:
     key = jax.random.key(config.train.seed)
     state = jax.jit(lambda k: nnx.split(build(config, k))[1], out_shardings=shardings)(key)

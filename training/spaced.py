@@ -151,8 +151,8 @@ def train_rl(graphdef, params, problems: dict, rows: np.ndarray, cluster: np.nda
   step = grpo.make_grpo_step(graphdef, tx, curriculum, grpo_config(config), mesh)
   pool = (jnp.asarray(problems['prompts'][rows]), jnp.asarray(problems['answers'][rows]))
   initial = functools.partial(rl_state, tx=tx, curriculum=curriculum, seed=seed)
-  restored = checkpoints and checkpoints.restore(
-      *jax.eval_shape(initial, params), functools.partial(check_resumable, config))
+  restored = checkpoints and checkpoints.restore(*jax.eval_shape(initial, params),
+                                                 config.to_dict())
   if restored:
     start, state, cstate = restored.step, restored.state, restored.curriculum
   else:
@@ -181,13 +181,6 @@ def train_rl(graphdef, params, problems: dict, rows: np.ndarray, cluster: np.nda
     if checkpoints and (s % config.checkpoint.every == 0 or s == t.steps):
       save_checkpoint(checkpoints, s, state, cstate, config)
   return records
-
-
-def check_resumable(config, saved: dict, step: int):
-  bad = ckpt_lib.incompatible_keys(saved, config.to_dict())
-  if bad:
-    raise ValueError(f'config differs from the checkpoint at step {step} in {", ".join(bad)}; '
-                     'use a new --workdir or restore these values')
 
 
 def save_checkpoint(checkpoints, step: int, state, cstate, config):
