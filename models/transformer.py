@@ -135,12 +135,14 @@ class SwiGLU(nnx.Module):
 
 
 class Block(nnx.Module):
-  """Pre-norm residual block. `ffn` is SwiGLU for the dense decoder (an MoE layer elsewhere)."""
+  """Pre-norm residual block. `ffn` is SwiGLU for the dense decoder (an MoE layer elsewhere);
+  `attn` is causal attention with RoPE (bidirectional in the vision encoder)."""
 
-  def __init__(self, cfg: DecoderConfig, rngs: nnx.Rngs, ffn_factory: Optional[Callable] = None):
+  def __init__(self, cfg: DecoderConfig, rngs: nnx.Rngs, ffn_factory: Optional[Callable] = None,
+               attention_factory: Callable = Attention):
     pd = DTYPES[cfg.param_dtype]
     self.attn_norm = RMSNorm(cfg.d_model, pd)
-    self.attn = Attention(cfg, rngs)
+    self.attn = attention_factory(cfg, rngs)
     self.ffn_norm = RMSNorm(cfg.d_model, pd)
     self.ffn = (ffn_factory or SwiGLU)(cfg, rngs)
 

@@ -1,8 +1,8 @@
 """Small ViT encoder over 8x8 digit images and the projector into the decoder width.
 
 An image is cut into (image_size / patch_size)^2 patches; each patch is one encoder token. The
-blocks reuse the decoder's RMSNorm and SwiGLU with bidirectional attention inside each image, and
-are stacked by `make_stack` and run by the same `scan_stack`. Their stacked axis is named
+blocks are the decoder's Block with bidirectional attention inside each image, stacked by
+`make_stack` and run by the same `scan_stack`. Their stacked axis is named
 'encoder_layers', not the decoder's 'layers': no sharding rule maps it, so the encoder stays whole
 on every pipeline stage (`parallel.stage` splits the decoder's layers only). A pixel shuffle
 (InternVL-style) folds each `shuffle` x `shuffle` block of patches into one token, so the decoder
@@ -11,12 +11,13 @@ width. Those tokens are what `models.multimodal` places before the text.
 """
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from models.transformer import (DTYPES, Attention, DecoderConfig, RMSNorm, SwiGLU, check_numerics,
+from models.transformer import (DTYPES, Attention, Block, DecoderConfig, RMSNorm, check_numerics,
                                 make_stack, param, scan_stack)
 from parallel.sharding import constrain
 
@@ -63,7 +64,7 @@ class VisionConfig:
     return (self.patches_per_side // self.shuffle) ** 2
 
   def block_config(self) -> DecoderConfig:
-    """The decoder-block settings the shared RMSNorm/SwiGLU layers read (vocab and RoPE unused)."""
+    """The settings the shared Block reads (vocab and RoPE unused)."""
     return DecoderConfig(vocab_size=1, num_layers=self.num_layers, d_model=self.d_model,
                          num_heads=self.num_heads, mlp_dim=self.mlp_dim,
                          max_len=self.patches_per_side ** 2, dtype=self.dtype,
@@ -71,23 +72,11 @@ class VisionConfig:
                          init_scale=self.init_scale)
 
 
-class EncoderBlock(nnx.Module):
-  """Pre-norm ViT block; takes `positions` only to share the decoder's stack-runner signature."""
-
-  def __init__(self, cfg: DecoderConfig, rngs: nnx.Rngs):
-    pd = DTYPES[cfg.param_dtype]
-    self.attn_norm = RMSNorm(cfg.d_model, pd)
-    # Bidirectional over the patches of one image; positions enter once, as learned embeddings.
-    self.attn = Attention(cfg, rngs, causal=False, use_rope=False)
-    self.ffn_norm = RMSNorm(cfg.d_model, pd)
-    self.ffn = SwiGLU(cfg, rngs)
-
-  def __call__(self, x, positions):
-    h = self.attn_norm(x)
-    x = x + self.attn(h, h, positions)
-    x = constrain(x, ('act_batch', 'act_len', 'act_embed'))
-    x = x + self.ffn(self.ffn_norm(x))
-    return constrain(x, ('act_batch', 'act_len', 'act_embed'))
+def encoder_block(cfg: DecoderConfig, rngs: nnx.Rngs) -> Block:
+  """Pre-norm ViT block: the decoder's Block with attention bidirectional over the patches of
+  one image and no RoPE (positions enter once, as learned embeddings)."""
+  return Block(cfg, rngs, attention_factory=functools.partial(Attention, causal=False,
+                                                              use_rope=False))
 
 
 class VisionEncoder(nnx.Module):
@@ -103,7 +92,7 @@ class VisionEncoder(nnx.Module):
     self.patch_embed = param(rngs, (patch_pixels, d), ('patch', 'embed'), patch_pixels ** -0.5, pd)
     self.pos_embed = param(rngs, (cfg.patches_per_side ** 2, d), ('patch_pos', 'embed'),
                            cfg.init_scale, pd)
-    self.layers = make_stack(block_cfg, rngs, EncoderBlock, axis_name='encoder_layers')
+    self.layers = make_stack(block_cfg, rngs, encoder_block, axis_name='encoder_layers')
     self.final_norm = RMSNorm(d, pd)
     folded = d * cfg.shuffle ** 2
     self.proj_in = param(rngs, (folded, out_dim), ('embed', 'mlp'), folded ** -0.5, pd)
